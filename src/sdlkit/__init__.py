@@ -1,0 +1,28 @@
+"""sdlkit: sparse dictionary learning (SAEs, transcoders, crosscoders) under one objective.
+
+import sdlkit
+model = sdlkit.load("runs/topk/")            # a checkpoint folder, or a run folder (its latest)
+x_q = model.encode(x_p)                      # codes [batch, n_latents]
+"""
+
+from sdlkit.activations import METHODS, method_config
+from sdlkit.errors import CheckpointError, ConfigError, SdlkitError, ShapeError, TrainingDiverged
+from sdlkit.io import load, save
+from sdlkit.model import ModelConfig, SparseDictionary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "CheckpointError",
+    "ConfigError",
+    "ModelConfig",
+    "SdlkitError",
+    "ShapeError",
+    "SparseDictionary",
+    "TrainingDiverged",
+    "__version__",
+    "load",
+    "method_config",
+    "save",
+]

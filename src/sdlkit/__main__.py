@@ -1,0 +1,5 @@
+"""`python -m sdlkit` is the `sdlkit` command."""
+
+from sdlkit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""The `sdlkit` command: train, info, bench.
+
+Errors in what the user gave (a bad option, config value, checkpoint) print one line on standard
+error and exit with status 2; a diverged run exits 3 after naming its last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sdlkit.errors import SdlkitError, TrainingDiverged
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the config's, else cpu)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for initialisation and training randomness")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sdlkit", description="Sparse dictionary learning under one objective.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a dictionary from a YAML config")
+    train.add_argument("--config", required=True, help="YAML file with data, model (with method) and train sections")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=1e-3 (repeatable)",
+    )
+    train.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="delete the run folder first")
+    _common(train)
+    train.set_defaults(func=cmd_train)
+
+    info = sub.add_parser("info", help="describe a checkpoint")
+    info.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
+    info.add_argument("--json", action="store_true", help="print the checkpoint's config as JSON")
+    info.set_defaults(func=cmd_info)
+
+    bench = sub.add_parser("bench", help="train every method on Linear Representation Bench data")
+    bench.add_argument("--preset", default="quick", help="LRB preset (default: quick)")
+    bench.add_argument("--methods", default=None, help="comma-separated bench rows (default: all)")
+    bench.add_argument("--steps", type=int, default=None, help="training steps per run (default: the preset's)")
+    bench.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
+    bench.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _common(bench)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sdlkit.config import load_yaml, run_config
+    from sdlkit.data import build_source
+    from sdlkit.report import format_table
+    from sdlkit.train import Trainer
+
+    overrides = list(args.set)
+    if args.device is not None:
+        overrides.append(f"device={args.device}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    config = run_config(load_yaml(args.config), overrides)
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    if args.overwrite and args.resume:
+        raise SdlkitError("--overwrite and --resume contradict each other: choose one")
+    if args.overwrite and out.exists():
+        shutil.rmtree(out)
+    source = build_source(config.data, config.device)
+    result = Trainer(config, source, out).fit(resume=args.resume)
+    row = {
+        "method": config.model.method.name,
+        "steps": result.steps,
+        "samples": result.samples_seen,
+        **{k: result.metrics[k] for k in ("mse", "fvu", "l0", "dead_fraction")},
+        "seconds": round(result.train_seconds, 1),
+    }
+    print(format_table([row], list(row)))
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from safetensors import safe_open
+
+    from sdlkit.io import WEIGHTS_FILE, read_config, resolve_checkpoint
+
+    folder = resolve_checkpoint(args.checkpoint)
+    config = read_config(folder)
+    with safe_open(str(folder / WEIGHTS_FILE), "pt") as handle:
+        shapes = {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+    if args.json:
+        print(json.dumps({**config, "tensors": shapes}, indent=2))
+        return 0
+    model = config["model"]
+    method = dict(model["method"])
+    name = method.pop("name")
+    print(f"checkpoint  {folder}")
+    print(f"method      {name}  " + " ".join(f"{k}={v}" for k, v in method.items() if v is not None))
+    print(
+        f"shape       n_in={model['n_in']} -> n_latents={model['n_latents']} -> n_out={model['n_out']}"
+        + (f"  sources in={model['in_blocks']} out={model['out_blocks']}" if len(model["in_blocks"]) > 1 else "")
+    )
+    print(f"constraints bias={model['bias']} unit_norm_decoder={model['unit_norm_decoder']} dtype={model['dtype']}")
+    if "step" in config:
+        run = config.get("run", {})
+        batch = run.get("train", {}).get("batch_size", 0)
+        print(
+            f"training    step {config['step']} of {run.get('train', {}).get('steps')} "
+            f"({config['step'] * batch:,} samples), data: {run.get('data', {}).get('mode', '?')} LRB"
+        )
+    print("tensors     " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from sdlkit.experiments.bench import run_bench
+
+    run_bench(
+        preset=args.preset,
+        methods=args.methods.split(",") if args.methods else None,
+        out=Path(args.out),
+        device=args.device or "cpu",
+        seed=args.seed or 0,
+        steps=args.steps,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TrainingDiverged as err:
+        print(f"sdlkit: error: {err}", file=sys.stderr)
+        return 3
+    except SdlkitError as err:
+        print(f"sdlkit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sdlkit: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,225 @@
+"""Validated run configs: data + model (with its method) + training, from YAML and `--set` overrides.
+
+Every bad value becomes a one-line `ConfigError` naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sdlkit.data.lrb import LRBConfig, lrb_preset
+from sdlkit.errors import ConfigError
+from sdlkit.model import ModelConfig
+
+RESAMPLE_SEED_OFFSET = 1_000_003
+"""Resampling at step t draws from a generator seeded with seed + this + t: no state to save."""
+
+
+class ResampleConfig(BaseModel):
+    """Dead-latent resampling (Towards Monosemanticity): at each scheduled step, every dead latent gets
+    a new decoder column (the normalised residual of an input drawn with probability ∝ loss²), a new
+    encoder row (that input's direction at 0.2 × the mean alive encoder norm), b_E = 0, and its
+    optimiser state reset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every_steps: int = Field(1000, gt=0)
+    """Resample at steps every_steps, 2·every_steps, … (Anthropic: every 25,000 steps)."""
+    stop_step: int | None = Field(None, ge=0)
+    """No resampling at or after this step (Anthropic stop halfway); None = until the end."""
+    n_inputs: int = Field(8192, gt=0)
+    """Inputs scored by loss to draw the new directions from (taken from the training stream)."""
+    encoder_scale: float = Field(0.2, gt=0)
+    """New encoder rows get this times the mean norm of the alive rows."""
+
+
+class TrainConfig(BaseModel):
+    """Optimiser, schedules, logging and checkpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(1000, gt=0)
+    """Optimiser steps."""
+    batch_size: int = Field(4096, gt=0)
+    lr: float = Field(4e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's (β1, β2)."""
+    adam_eps: float = Field(1e-8, gt=0)
+    lr_warmup_steps: int = Field(0, ge=0)
+    """Linear learning-rate warm-up from 0."""
+    lr_decay: Literal["none", "linear", "cosine"] = "linear"
+    """Shape of the decay to 0 that starts at `lr_decay_start` (Anthropic: linear over the last 20%)."""
+    lr_decay_start: float = Field(0.8, ge=0, le=1)
+    """Fraction of `steps` after which the learning rate decays."""
+    grad_clip: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this; None = no clipping."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """'bf16' runs forward and loss under bf16 autocast (weights and optimiser stay float32)."""
+    dead_window: int = Field(1_000_000, gt=0)
+    """A latent is dead if it has not fired on any of the last `dead_window` training samples."""
+    resample: ResampleConfig | None = None
+    """Dead-latent resampling schedule; None = off."""
+    log_every: int = Field(50, gt=0)
+    """Steps between metrics-log lines (and progress-bar updates)."""
+    checkpoint_every: int | None = Field(None, gt=0)
+    """Steps between checkpoints; the final step is always checkpointed."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Finished checkpoints kept in the run folder (the oldest are deleted)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError(f"Adam betas must each be in [0, 1), got {list(value)}")
+        return value
+
+
+class RunConfig(BaseModel):
+    """Everything one training run needs; saved whole in every checkpoint's config.json."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: LRBConfig
+    """The data: for now the Linear Representation Bench ({preset: quick} plus any overrides)."""
+    model: ModelConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    seed: int = 0
+    """Seeds the model's initialisation and every random choice in training (not the data's ground
+    truth, which `data.seed` fixes)."""
+    device: str = "cpu"
+    """'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available)."""
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "preset" in value:
+            overrides = {k: v for k, v in value.items() if k != "preset"}
+            return lrb_preset(value["preset"], **overrides)
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return resolve_device(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_shape(cls, values: Any) -> Any:
+        """Fill n_in/n_out/blocks from the data when omitted; refuse values that contradict it."""
+        if not isinstance(values, dict) or not isinstance(values.get("model"), dict):
+            return values
+        data = values.get("data")
+        if isinstance(data, dict) and "preset" in data:
+            data = cls._data(data)
+        if isinstance(data, dict):
+            data = LRBConfig.model_validate(data)
+        if not isinstance(data, LRBConfig):
+            return values
+        model = dict(values["model"])
+        for key, value in data_shape(data).items():
+            given = model.get(key)
+            if given is not None and given != value:
+                raise ValueError(f"model.{key} = {given} but the data gives {value}: leave it out or make them agree")
+            model[key] = value
+        return {**values, "model": model}
+
+
+def data_shape(data: LRBConfig) -> dict[str, Any]:
+    """n_in, n_out and the per-source blocks that an LRB config produces."""
+    if data.mode == "crosscoder":
+        blocks = [data.n_p] * data.n_sources
+        return {"n_in": sum(blocks), "n_out": sum(blocks), "in_blocks": blocks, "out_blocks": blocks}
+    n_out = data.n_r if data.mode == "transcoder" and data.n_r is not None else data.n_p
+    return {"n_in": data.n_p, "n_out": n_out, "in_blocks": [data.n_p], "out_blocks": [n_out]}
+
+
+def resolve_device(device: str) -> str:
+    """'auto' → cuda if available else cpu; refuse a device this machine does not have."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available here; use cpu or auto")
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or auto")
+    return device
+
+
+# ----- errors ------------------------------------------------------------------------------------------
+def describe_validation_error(err: ValidationError, root: str = "") -> str:
+    """The first problem of a pydantic error as one line: field, value, what is allowed."""
+    first = err.errors()[0]
+    location = ".".join(str(part) for part in (root, *first["loc"]) if part != "")
+    message = first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if first["type"] == "extra_forbidden":
+        return f"unknown option {location!r}; see the documented fields of its section"
+    if first["type"] == "missing":
+        return f"option {location!r} is required"
+    value = first.get("input")
+    shown = f" = {value!r}" if not isinstance(value, dict) and location else ""
+    return f"{location}{shown}: {message}" if location else message
+
+
+def validate(model_cls: type[BaseModel], values: dict[str, Any], root: str = "") -> Any:
+    """`model_cls.model_validate(values)` with errors as one-line ConfigErrors."""
+    try:
+        return model_cls.model_validate(values)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, root)) from None
+
+
+# ----- YAML and overrides ----------------------------------------------------------------------------
+def apply_override(values: dict[str, Any], assignment: str) -> None:
+    """Apply one `dotted.key=value` (value parsed as YAML: numbers, booleans, lists, null) in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r} is not key=value (e.g. --set train.lr=1e-3)")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    node = values
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return values
+
+
+def run_config(values: dict[str, Any], overrides: list[str] = ()) -> RunConfig:
+    """A validated RunConfig from a dict (e.g. loaded YAML) and `key=value` overrides."""
+    values = copy.deepcopy(values)
+    for assignment in overrides:
+        apply_override(values, assignment)
+    return validate(RunConfig, values)

@@ -1,0 +1,16 @@
+"""Data: the (x_p, x_r) batch protocol and the Linear Representation Bench."""
+
+from __future__ import annotations
+
+import torch
+
+from sdlkit.data.lrb import PRESETS, LRBConfig, LRBSource, lrb_preset
+from sdlkit.data.source import Batch, DataSource
+
+
+def build_source(config: LRBConfig, device: str | torch.device = "cpu") -> DataSource:
+    """The data source a config describes (the LRB for now; activation stores come later)."""
+    return LRBSource(config, device=device)
+
+
+__all__ = ["PRESETS", "Batch", "DataSource", "LRBConfig", "LRBSource", "build_source", "lrb_preset"]

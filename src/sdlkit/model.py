@@ -1,0 +1,203 @@
+"""SparseDictionary: the one model behind every SDL method (paper eq. 1–3).
+
+    z = W_E x_p + b_E        x_q = σ(z)        x̂_r = W_D x_q + b_D
+
+W_E [n_latents, n_in], b_E [n_latents], W_D [n_out, n_latents], b_D [n_out]. The method (σ and its
+loss terms) comes from the registry; the data pair decides SAE (n_in = n_out, x_r = x_p), transcoder
+(n_in may differ from n_out) or crosscoder (m sources concatenated; `in_blocks`/`out_blocks` give
+the per-source widths so penalties and metrics can see them).
+
+No pre-encoder bias subtraction: σ(W_E(x − b_D) + b_E) = σ(W_E x + b'_E) is the same function, and
+the unified form must also serve transcoders, whose x_p and x_r live in different spaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+from torch import nn
+from torch.nn import functional as F
+
+from sdlkit.activations import MethodConfig, method_config
+from sdlkit.errors import ConfigError, ShapeError
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+class ModelConfig(BaseModel):
+    """Shape and constraints of a dictionary. n_in/n_out/blocks are filled from the data when omitted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_latents: int = Field(gt=0)
+    """n_q, the number of dictionary latents."""
+    n_in: int | None = Field(None, gt=0)
+    """n_p, the width of x_p."""
+    n_out: int | None = Field(None, gt=0)
+    """n_r, the width of x_r (defaults to n_in)."""
+    in_blocks: list[int] | None = None
+    """Per-source widths of x_p for crosscoders (sum = n_in); default one block."""
+    out_blocks: list[int] | None = None
+    """Per-source widths of x_r (sum = n_out); default one block."""
+    bias: bool = True
+    """Learn b_E and b_D. The theory has none: set false to match it."""
+    unit_norm_decoder: bool = True
+    """Hold every decoder column at unit norm: the column-parallel gradient is projected out before
+    each step and the columns renormalised after it."""
+    init_decoder_norm: float = Field(0.1, gt=0)
+    """Column norm of W_D at initialisation when `unit_norm_decoder` is false (Anthropic: 0.1)."""
+    dtype: Literal["float32", "float64", "bfloat16"] = "float32"
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_config("topk"))
+    """σ and its loss terms, e.g. {name: topk, k: 32}."""
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, value: Any) -> MethodConfig:
+        return method_config(value)
+
+    @model_validator(mode="after")
+    def _blocks(self) -> ModelConfig:
+        if self.n_in is None:
+            return self
+        if self.n_out is None:
+            self.n_out = self.n_in
+        for side, total in (("in", self.n_in), ("out", self.n_out)):
+            blocks = getattr(self, f"{side}_blocks")
+            if blocks is None:
+                setattr(self, f"{side}_blocks", [total])
+            elif sum(blocks) != total or min(blocks) <= 0:
+                raise ValueError(f"{side}_blocks = {blocks} must be positive widths summing to n_{side} = {total}")
+        return self
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+@dataclass
+class Forward:
+    """One forward pass. z, x_q [B, n_latents]; x_hat [B, n_out]."""
+
+    z: torch.Tensor
+    x_q: torch.Tensor
+    x_hat: torch.Tensor
+
+
+class SparseDictionary(nn.Module):
+    """Encoder, σ, decoder. Build from a `ModelConfig` whose n_in is set."""
+
+    def __init__(self, config: ModelConfig, generator: torch.Generator | None = None):
+        super().__init__()
+        if config.n_in is None:
+            raise ConfigError("model.n_in is not set: give it, or build the model from a data source")
+        self.config = config
+        n_in, n_out, n_latents = config.n_in, config.n_out, config.n_latents
+        dtype = config.torch_dtype
+        self.method = config.method
+        self.activation = config.method.build_activation(n_latents)
+
+        W_D = torch.randn(n_out, n_latents, generator=generator, dtype=torch.float64)
+        W_D = W_D / W_D.norm(dim=0, keepdim=True)
+        if not config.unit_norm_decoder:
+            W_D = W_D * config.init_decoder_norm
+        if n_in == n_out:
+            W_E = W_D.T.clone()  # encoder initialised as the decoder's transpose
+        else:  # transcoder with n_in ≠ n_out: no transpose exists; same row norms, random directions
+            W_E = torch.randn(n_latents, n_in, generator=generator, dtype=torch.float64)
+            W_E = W_E / W_E.norm(dim=1, keepdim=True) * W_D.norm(dim=0)[:, None]
+        self.W_E = nn.Parameter(W_E.to(dtype))
+        self.W_D = nn.Parameter(W_D.to(dtype))
+        self.b_E = nn.Parameter(torch.zeros(n_latents, dtype=dtype)) if config.bias else None
+        self.b_D = nn.Parameter(torch.zeros(n_out, dtype=dtype)) if config.bias else None
+        self.activation.to(dtype)
+
+    # ----- shapes -------------------------------------------------------------------------------
+    @property
+    def n_in(self) -> int:
+        return self.W_E.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return self.W_D.shape[0]
+
+    @property
+    def n_latents(self) -> int:
+        return self.W_E.shape[0]
+
+    def _check_input(self, name: str, x: torch.Tensor, width: int) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise ShapeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 2 or x.shape[1] != width:
+            raise ShapeError(f"{name} has shape {tuple(x.shape)}; this dictionary needs [batch, {width}]")
+        if not x.is_floating_point():
+            raise ShapeError(f"{name} has dtype {x.dtype}; a floating-point tensor is needed")
+
+    # ----- the model ----------------------------------------------------------------------------
+    def pre_activations(self, x_p: torch.Tensor) -> torch.Tensor:
+        """z = W_E x_p + b_E [B, n_latents]."""
+        self._check_input("x_p", x_p, self.n_in)
+        return F.linear(x_p.to(self.W_E.dtype), self.W_E, self.b_E)
+
+    def encode(self, x_p: torch.Tensor) -> torch.Tensor:
+        """x_q = σ(W_E x_p + b_E) [B, n_latents]."""
+        return self.activation(self.pre_activations(x_p))
+
+    def decode(self, x_q: torch.Tensor) -> torch.Tensor:
+        """x̂_r = W_D x_q + b_D [B, n_out]."""
+        return F.linear(x_q, self.W_D, self.b_D)
+
+    def forward(self, x_p: torch.Tensor) -> Forward:
+        z = self.pre_activations(x_p)
+        x_q = self.activation(z)
+        return Forward(z=z, x_q=x_q, x_hat=self.decode(x_q))
+
+    # ----- decoder geometry ---------------------------------------------------------------------
+    def decoder_norms(self) -> torch.Tensor:
+        """Σ_sources ‖W_D^(j)[:, i]‖ [n_latents]: the plain column norm for one source, the sum of
+        per-source norms for crosscoders (Anthropic's crosscoder L1 weighting)."""
+        blocks = self.config.out_blocks or [self.n_out]
+        if len(blocks) == 1:
+            return self.W_D.norm(dim=0)
+        return torch.stack([part.norm(dim=0) for part in self.W_D.split(blocks, dim=0)]).sum(dim=0)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale every decoder column to unit norm (zero columns stay zero)."""
+        self.W_D.div_(self.W_D.norm(dim=0, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def project_decoder_grad(self) -> None:
+        """Remove from ∇W_D the part parallel to each (unit) column: the step then moves columns
+        along the unit sphere's tangent, and renormalising afterwards changes them little."""
+        if self.W_D.grad is None:
+            return
+        parallel = (self.W_D.grad * self.W_D).sum(dim=0, keepdim=True)
+        self.W_D.grad.sub_(parallel * self.W_D)
+
+    def post_step(self) -> None:
+        """Restore constraints after an optimiser step."""
+        if self.config.unit_norm_decoder:
+            self.normalize_decoder()
+        self.activation.post_step()
+
+    # ----- per-latent structure (resampling, optimiser resets) ------------------------------------
+    def latent_parameters(self) -> list[tuple[str, torch.Tensor, int, float | None]]:
+        """(name, parameter, latent dim, reset value or None) for every per-latent parameter."""
+        params: list[tuple[str, torch.Tensor, int, float | None]] = [("W_E", self.W_E, 0, None)]
+        if self.b_E is not None:
+            params.append(("b_E", self.b_E, 0, 0.0))
+        params.append(("W_D", self.W_D, 1, None))
+        for name, (param, reset) in self.activation.latent_parameters().items():
+            params.append((name, param, 0, reset))
+        return params
+
+    # ----- tensors by their paper names -------------------------------------------------------------
+    def named_tensors(self) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer under its checkpoint name: W_E, b_E, W_D, b_D, then σ's own."""
+        tensors = {}
+        for name, tensor in [*self.named_parameters(), *self.named_buffers()]:
+            tensors[name.removeprefix("activation.")] = tensor
+        return tensors

@@ -1,0 +1,305 @@
+"""The training loop: Adam, learning-rate warm-up and decay, gradient clipping, bf16 autocast,
+dead-latent tracking and resampling, a progress bar, a JSONL metrics log, periodic checkpoints and
+exact resume. Method-agnostic: the objective's terms come from the method's config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from sdlkit.config import RESAMPLE_SEED_OFFSET, RunConfig, TrainConfig
+from sdlkit.data.source import Batch, DataSource
+from sdlkit.errors import CheckpointError, ConfigError, ShapeError, TrainingDiverged
+from sdlkit.metrics import reconstruction_metrics
+from sdlkit.model import SparseDictionary
+from sdlkit.objective import Objective, Term, TermContext
+from sdlkit.train.checkpoint import (
+    RESUMABLE_CHANGES,
+    config_differences,
+    list_checkpoints,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
+from sdlkit.train.resample import DeadLatents, resample_dead_latents
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base learning rate at optimiser step `step` (0-based)."""
+    factor = min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else 1.0
+    start = int(cfg.lr_decay_start * cfg.steps)
+    if cfg.lr_decay != "none" and step >= start:
+        progress = (step - start) / max(1, cfg.steps - start)
+        factor *= 1.0 - progress if cfg.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
+@dataclass
+class TrainResult:
+    """What a finished run hands back. `metrics` are on the held-out set."""
+
+    model: SparseDictionary
+    steps: int
+    samples_seen: int
+    train_seconds: float
+    metrics: dict[str, float]
+    run_dir: Path | None = None
+    checkpoint: Path | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains `config.model` on `source`. With `run_dir`, logs and checkpoints there."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        source: DataSource,
+        run_dir: str | Path | None = None,
+        extra_terms: list[Term] = (),
+    ):
+        self.config = config
+        self.cfg = config.train
+        self.source = source
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.device = torch.device(config.device)
+        if (source.n_in, source.n_out) != (config.model.n_in, config.model.n_out):
+            raise ShapeError(
+                f"the data gives n_in={source.n_in}, n_out={source.n_out} but model has "
+                f"n_in={config.model.n_in}, n_out={config.model.n_out}"
+            )
+        generator = torch.Generator().manual_seed(config.seed)
+        self.model = SparseDictionary(config.model, generator).to(self.device)
+        method = config.model.method
+        self.objective = Objective([*method.build_terms(config.model.n_latents, source.n_out), *extra_terms])
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.adam_eps
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, self.cfg))
+        self.dead = DeadLatents(config.model.n_latents, self.cfg.dead_window, self.device)
+        self.step = 0
+        self.position = 0  # batches drawn from the source (training and resampling)
+        self.train_seconds = 0.0
+        self.n_resampled = 0
+        self.last_checkpoint: Path | None = None
+        self._reset_accumulators()
+
+    # ----- state ------------------------------------------------------------------------------------
+    def _reset_accumulators(self) -> None:
+        self._acc: dict[str, torch.Tensor] = {}
+        self._acc_steps = 0
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "position": self.position,
+            "train_seconds": self.train_seconds,
+            "n_resampled": self.n_resampled,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "dead": self.dead.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "acc": dict(self._acc),
+            "acc_steps": self._acc_steps,
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.step, self.position = state["step"], state["position"]
+        self.train_seconds, self.n_resampled = state["train_seconds"], state["n_resampled"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.state.values():  # loaded on CPU: move moments beside the weights
+            for key, value in group.items():
+                if isinstance(value, torch.Tensor) and key != "step":
+                    group[key] = value.to(self.device)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.dead.load_state_dict(state["dead"])
+        torch.set_rng_state(state["rng_cpu"])
+        if torch.cuda.is_available() and state["rng_cuda"]:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self._acc = {k: v.to(self.device) for k, v in state["acc"].items()}
+        self._acc_steps = state["acc_steps"]
+
+    def resume(self) -> Path:
+        """Restore the latest checkpoint of `run_dir`; refuse one written under a different config."""
+        if self.run_dir is None:
+            raise ConfigError("resume needs a run folder (--out)")
+        checkpoints = list_checkpoints(self.run_dir)
+        if not checkpoints:
+            raise CheckpointError(f"nothing to resume: {self.run_dir} holds no finished checkpoint")
+        folder = checkpoints[-1]
+        saved, state = load_training_checkpoint(folder, self.model, self.device)
+        changed = [
+            k for k in config_differences(saved.get("run", {}), self._config_json()) if k not in RESUMABLE_CHANGES
+        ]
+        if changed:
+            raise CheckpointError(
+                f"{folder} was written with a different config ({', '.join(changed[:5])} differ); "
+                "resume with the same config or start a new run folder"
+            )
+        self._load_state(state)
+        self.last_checkpoint = folder
+        self._truncate_log()
+        return folder
+
+    def _config_json(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+    def save_checkpoint(self) -> Path | None:
+        if self.run_dir is None:
+            return None
+        self.last_checkpoint = save_training_checkpoint(
+            self.run_dir, self.step, self.model, self._config_json(), self.state(), self.cfg.keep_checkpoints
+        )
+        return self.last_checkpoint
+
+    # ----- logging ------------------------------------------------------------------------------------
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the checkpoint we resume from (they will be written again)."""
+        path = self.run_dir / METRICS_FILE
+        if path.is_file():
+            lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            path.write_text("".join(line + "\n" for line in lines))
+
+    def _accumulate(self, parts: dict[str, torch.Tensor], loss: torch.Tensor, x_q: torch.Tensor) -> None:
+        values = {**parts, "loss": loss.detach(), "l0": (x_q != 0).sum(dim=-1).float().mean()}
+        for key, value in values.items():
+            self._acc[key] = self._acc.get(key, 0) + value.float()
+        self._acc_steps += 1
+
+    def _log(self, samples_per_s: float) -> dict[str, Any]:
+        record: dict[str, Any] = {"step": self.step, "samples": self.step * self.cfg.batch_size}
+        record.update({k: (v / self._acc_steps).item() for k, v in self._acc.items()})
+        record.update(
+            dead_fraction=self.dead.dead.float().mean().item(),
+            lr=self.scheduler.get_last_lr()[0],
+            samples_per_s=samples_per_s,
+            resampled=self.n_resampled,
+        )
+        self._reset_accumulators()
+        if self.run_dir is not None:
+            with open(self.run_dir / METRICS_FILE, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        return record
+
+    # ----- the loop -----------------------------------------------------------------------------------
+    def _next_batch(self) -> Batch:
+        batch = self.source.batch(self.position, self.cfg.batch_size)
+        self.position += 1
+        return batch
+
+    def _diverged(self, batch: Batch, what: str) -> None:
+        bad_input = not (torch.isfinite(batch.x_p).all() and torch.isfinite(batch.x_r).all())
+        cause = "the batch holds NaN or inf" if bad_input else f"the {what} became NaN or inf"
+        hint = "check the data" if bad_input else "lower train.lr, or set train.grad_clip"
+        last = self.last_checkpoint or "none was written yet"
+        raise TrainingDiverged(f"training stopped at step {self.step}: {cause} ({hint}); last good checkpoint: {last}")
+
+    def _train_step(self, batch: Batch) -> None:
+        model, dtype = self.model, self.model.W_E.dtype
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            out = model(batch.x_p)
+            ctx = TermContext(
+                x_p=batch.x_p,
+                x_r=batch.x_r.to(dtype),
+                z=out.z,
+                x_q=out.x_q,
+                x_hat=out.x_hat,
+                model=model,
+                step=self.step,
+                dead=self.dead.dead,
+            )
+            loss, parts = self.objective(ctx)
+        if not torch.isfinite(loss):
+            self._diverged(batch, "loss")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if model.config.unit_norm_decoder:
+            model.project_decoder_grad()
+        if self.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        model.post_step()
+        self.dead.update(out.x_q)
+        self._accumulate(parts, loss, out.x_q)
+
+    def _maybe_resample(self) -> None:
+        rs = self.cfg.resample
+        if rs is None or self.step % rs.every_steps != 0 or (rs.stop_step is not None and self.step >= rs.stop_step):
+            return
+        dead = self.dead.dead
+        if not bool(dead.any()):
+            return
+        n_batches = math.ceil(rs.n_inputs / self.cfg.batch_size)
+        batches = [self._next_batch() for _ in range(n_batches)]
+        inputs = Batch(torch.cat([b.x_p for b in batches]), torch.cat([b.x_r for b in batches]))
+        generator = torch.Generator(self.device).manual_seed(self.config.seed + RESAMPLE_SEED_OFFSET + self.step)
+        self.n_resampled += resample_dead_latents(self.model, self.optimizer, dead, inputs, generator, rs.encoder_scale)
+        self.dead.since_fired[dead] = 0  # a fresh window for the new latents
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train to `train.steps` (continuing from the latest checkpoint when `resume`)."""
+        if self.run_dir is not None:
+            if resume:
+                self.resume()
+            elif list_checkpoints(self.run_dir):
+                raise ConfigError(
+                    f"{self.run_dir} already holds checkpoints: resume it (--resume) or choose a new folder"
+                )
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = self.cfg
+        self.model.train()
+        history: list[dict[str, Any]] = []
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            unit="step",
+            disable=not cfg.progress,
+            dynamic_ncols=True,
+            desc=self.config.model.method.name,
+        )
+        interval_start, interval_step = time.perf_counter(), self.step
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            self._train_step(self._next_batch())
+            self.step += 1
+            self._maybe_resample()
+            self.train_seconds += time.perf_counter() - t0
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                now = time.perf_counter()
+                rate = (self.step - interval_step) * cfg.batch_size / max(now - interval_start, 1e-9)
+                record = self._log(rate)
+                history.append(record)
+                bar.set_postfix(
+                    loss=f"{record['loss']:.4g}",
+                    l0=f"{record['l0']:.1f}",
+                    dead=f"{record['dead_fraction']:.1%}",
+                    samples_s=f"{rate:,.0f}",
+                )
+                interval_start, interval_step = now, self.step
+            if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == cfg.steps:
+                self.save_checkpoint()
+        bar.close()
+        metrics = reconstruction_metrics(self.model, self.source.eval_batch())
+        metrics["dead_fraction"] = self.dead.dead.float().mean().item()
+        return TrainResult(
+            model=self.model,
+            steps=self.step,
+            samples_seen=self.step * cfg.batch_size,
+            train_seconds=self.train_seconds,
+            metrics=metrics,
+            run_dir=self.run_dir,
+            checkpoint=self.last_checkpoint,
+            history=history,
+        )

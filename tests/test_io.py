@@ -1,0 +1,129 @@
+"""Checkpoint folders: bit-exact round trips, atomic writes, corrupt and mismatched files named."""
+
+import json
+
+import pytest
+import torch
+
+import sdlkit
+from sdlkit.errors import CheckpointError
+from sdlkit.io import flatten_state, unflatten_state, write_folder_atomically
+from sdlkit.model import ModelConfig, SparseDictionary
+
+SPECS = [
+    "relu",
+    "jumprelu",
+    {"name": "topk", "k": 4},
+    {"name": "batchtopk", "k": 4},
+    "gated",
+    {"name": "matryoshka", "k": 4},
+]
+
+
+def randomised(method, **kw) -> SparseDictionary:
+    model = SparseDictionary(ModelConfig(n_in=10, n_latents=32, method=method, **kw))
+    with torch.no_grad():
+        for tensor in model.named_tensors().values():
+            if tensor.is_floating_point():
+                tensor.normal_()
+    return model
+
+
+@pytest.mark.parametrize("method", SPECS)
+def test_save_load_round_trip_is_bit_exact(tmp_path, method):
+    model = randomised(method)
+    sdlkit.save(model, tmp_path / "ckpt")
+    loaded = sdlkit.load(tmp_path / "ckpt")
+    assert loaded.config == model.config
+    a, b = model.named_tensors(), loaded.named_tensors()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    x = torch.randn(7, 10)
+    model.eval(), loaded.eval()
+    assert torch.equal(model(x).x_hat, loaded(x).x_hat)
+
+
+def test_round_trip_float64_transcoder_without_bias(tmp_path):
+    model = randomised("relu", n_out=6, bias=False, dtype="float64")
+    sdlkit.save(model, tmp_path / "ckpt")
+    loaded = sdlkit.load(tmp_path / "ckpt")
+    assert loaded.W_D.dtype == torch.float64 and torch.equal(loaded.W_D, model.W_D) and loaded.b_E is None
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint at .*nowhere: it is not a folder"):
+        sdlkit.load(tmp_path / "nowhere")
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    sdlkit.save(randomised("relu"), tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "weights.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="weights.safetensors is missing"):
+        sdlkit.load(tmp_path / "ckpt")
+
+
+def test_truncated_weights_are_corrupt(tmp_path):
+    sdlkit.save(randomised("relu"), tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "weights.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="weights.safetensors is corrupt"):
+        sdlkit.load(tmp_path / "ckpt")
+
+
+def test_truncated_weights_without_hash_are_still_refused(tmp_path):
+    sdlkit.save(randomised("relu"), tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    del config["weights_sha256"]
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    path = tmp_path / "ckpt" / "weights.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        sdlkit.load(tmp_path / "ckpt")
+
+
+def test_weights_from_a_different_config_are_refused(tmp_path):
+    sdlkit.save(randomised("relu"), tmp_path / "a")
+    sdlkit.save(SparseDictionary(ModelConfig(n_in=10, n_latents=16, method="relu")), tmp_path / "b")
+    (tmp_path / "a" / "weights.safetensors").replace(tmp_path / "b" / "weights.safetensors")
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    del config["weights_sha256"]
+    (tmp_path / "b" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"W_E is \[32, 10\] .* describes \[16, 10\] .* different configs"):
+        sdlkit.load(tmp_path / "b")
+
+
+def test_corrupt_config_json_is_named(tmp_path):
+    sdlkit.save(randomised("relu"), tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json is corrupt"):
+        sdlkit.load(tmp_path / "ckpt")
+
+
+def test_interrupted_write_leaves_nothing_loadable_and_keeps_the_old(tmp_path):
+    target = tmp_path / "ckpt"
+    sdlkit.save(randomised("relu"), target)
+    before = (target / "weights.safetensors").read_bytes()
+
+    def half_write(tmp):
+        (tmp / "weights.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt  # killed mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        write_folder_atomically(target, half_write)
+    assert (target / "weights.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_flatten_state_round_trip():
+    state = {"a": torch.arange(3), "b": [1, 2.5, None, {"c": torch.ones(2)}], 7: "x", "t": (True, "s")}
+    skeleton, tensors = flatten_state(state)
+    json.dumps(skeleton)  # JSON-serialisable
+    back = unflatten_state(skeleton, tensors)
+    assert torch.equal(back["a"], state["a"]) and back[7] == "x" and back["t"] == [True, "s"]
+    assert torch.equal(back["b"][3]["c"], torch.ones(2)) and back["b"][:3] == [1, 2.5, None]
+
+
+def test_flatten_state_refuses_what_needs_pickle():
+    with pytest.raises(TypeError, match="without pickle"):
+        flatten_state({"f": object()})
