@@ -146,7 +146,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # usage errors (status 2) and --help (status 0)
+        return int(exit_.code or 0)
     try:
         return args.func(args)
     except TrainingDiverged as err:

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sdlkit.data.lrb import LRBConfig, lrb_preset
-from sdlkit.errors import ConfigError
+from sdlkit.errors import ConfigError, describe_validation_error
 from sdlkit.model import ModelConfig
 
 RESAMPLE_SEED_OFFSET = 1_000_003
@@ -118,10 +118,13 @@ class RunConfig(BaseModel):
         if not isinstance(values, dict) or not isinstance(values.get("model"), dict):
             return values
         data = values.get("data")
-        if isinstance(data, dict) and "preset" in data:
-            data = cls._data(data)
-        if isinstance(data, dict):
-            data = LRBConfig.model_validate(data)
+        try:
+            if isinstance(data, dict) and "preset" in data:
+                data = cls._data(data)
+            if isinstance(data, dict):
+                data = LRBConfig.model_validate(data)
+        except (ValidationError, ValueError):
+            return values  # the `data` field's own validation reports it, under its full name
         if not isinstance(data, LRBConfig):
             return values
         model = dict(values["model"])
@@ -158,26 +161,12 @@ def resolve_device(device: str) -> str:
 
 
 # ----- errors ------------------------------------------------------------------------------------------
-def describe_validation_error(err: ValidationError, root: str = "") -> str:
-    """The first problem of a pydantic error as one line: field, value, what is allowed."""
-    first = err.errors()[0]
-    location = ".".join(str(part) for part in (root, *first["loc"]) if part != "")
-    message = first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if first["type"] == "extra_forbidden":
-        return f"unknown option {location!r}; see the documented fields of its section"
-    if first["type"] == "missing":
-        return f"option {location!r} is required"
-    value = first.get("input")
-    shown = f" = {value!r}" if not isinstance(value, dict) and location else ""
-    return f"{location}{shown}: {message}" if location else message
-
-
 def validate(model_cls: type[BaseModel], values: dict[str, Any], root: str = "") -> Any:
     """`model_cls.model_validate(values)` with errors as one-line ConfigErrors."""
     try:
         return model_cls.model_validate(values)
     except ValidationError as err:
-        raise ConfigError(describe_validation_error(err, root)) from None
+        raise ConfigError(describe_validation_error(err, root, model_cls)) from None
 
 
 # ----- YAML and overrides ----------------------------------------------------------------------------

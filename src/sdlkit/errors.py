@@ -6,6 +6,10 @@ is a bug in sdlkit and keeps its traceback.
 
 from __future__ import annotations
 
+import re
+import typing
+from typing import Any
+
 
 class SdlkitError(ValueError):
     """A problem in the user's input (config, tensors, files): the message names it and the fix."""
@@ -25,3 +29,50 @@ class CheckpointError(SdlkitError):
 
 class TrainingDiverged(SdlkitError):
     """A batch or the loss became NaN or inf: training stopped before it could save bad weights."""
+
+
+def describe_validation_error(err: Any, root: str = "", model_cls: Any = None) -> str:
+    """The first problem of a pydantic ValidationError as one line: field, value, what is allowed.
+
+    `root` prefixes the field path (e.g. "data"); with `model_cls`, an unknown option lists the
+    fields its section does allow.
+    """
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    location = ".".join(part for part in (root, *loc) if part)
+    message = first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if first["type"] == "extra_forbidden":
+        allowed = _fields_at(model_cls, loc[:-1])
+        hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
+        return f"unknown option {location!r}{hint}"
+    if first["type"] == "missing":
+        return f"option {location!r} is required"
+    if location and re.match(rf"^(unknown option ')?{re.escape(location)}[ .']", message):
+        return message  # raised by a nested validator that already named the field
+    if not loc:  # a whole-section check: say which field when the message starts with one
+        return (
+            f"{root}.{message}" if root and re.match(r"^\w+ = ", message) else ": ".join(filter(None, [root, message]))
+        )
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    return f"{location}{shown}: {message}"
+
+
+def _fields_at(model_cls: Any, path: list[str]) -> list[str]:
+    """Field names of the (nested) pydantic model reached from `model_cls` along `path`, if known."""
+    for part in path:
+        if model_cls is None or part not in getattr(model_cls, "model_fields", {}):
+            return []
+        model_cls = _model_in(model_cls.model_fields[part].annotation)
+    return list(getattr(model_cls, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model class inside an annotation such as `X | None` or `Annotated[X, ...]`."""
+    if hasattr(annotation, "model_fields"):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

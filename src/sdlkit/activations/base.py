@@ -88,7 +88,13 @@ def method_config(spec: MethodConfig | dict[str, Any] | str) -> MethodConfig:
     name = spec["name"]
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
-    return METHODS[name].model_validate(spec)
+    cls = METHODS[name]
+    unknown = sorted(set(spec) - set(cls.model_fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown option {unknown[0]!r} of method {name}; allowed here: {', '.join(cls.model_fields)}"
+        )
+    return cls.model_validate(spec)
 
 
 def check_k(field: str, k: int, n_latents: int) -> None:

@@ -1,0 +1,392 @@
+"""The Linear Representation Bench (paper Sec. 5.1, App. C): synthetic data with known features.
+
+Every sample is a sparse non-negative code x ∈ R^n over n ground-truth features, mapped linearly:
+
+    x_d = Bernoulli(1 − S) · (c_min + Exp(scale beta))        (independent over samples and features)
+    x_p = W_p x        W_p [n_p, n], unit-norm columns, max_{i != j} <w_i, w_j> <= M
+    x_r = W_r x        SAE: W_r is W_p (so x_r is x_p); transcoder: an independent [n_r, n] matrix
+
+No noise, no correlation between features. The paper leaves transcoder and crosscoder data
+undescribed; here a transcoder learns x_p -> x_r = W_r x with W_r drawn like W_p (same M), and a
+crosscoder reads m sources x_p^(j) = W_p^(j) x, each W_p^(j) an independent draw, concatenated into
+one [m·n_p] vector (x_r is x_p: it reconstructs all sources).
+
+`LRBConfig` validates the settings, `PRESETS` / `lrb_preset` name the standard ones, and `LRBSource`
+is the random-access `DataSource`: batch `index` is a pure function of (seed, index, batch_size), so
+a stream position is one integer. Shapes: codes [batch, n], x_p [batch, n_in], x_r [batch, n_out].
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from sdlkit.data.features import (
+    DEFAULT_EPS,
+    DEFAULT_LAM,
+    DEFAULT_LR,
+    DEFAULT_MAX_ITERS,
+    check_interference_feasible,
+    make_feature_matrix,
+)
+from sdlkit.data.source import Batch
+from sdlkit.errors import ConfigError, describe_validation_error
+
+__all__ = ["PRESETS", "LRBConfig", "LRBSource", "lrb_preset"]
+
+
+class LRBConfig(BaseModel):
+    """Settings of the Linear Representation Bench (the `data:` section of a run config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["lrb"] = Field("lrb", description="Data kind tag: the Linear Representation Bench.")
+    mode: Literal["sae", "transcoder", "crosscoder"] = Field(
+        "sae",
+        description="sae: x_r is x_p. transcoder: x_r = W_r x with an independent W_r [n_r, n]. "
+        "crosscoder: n_sources independent W_p^(j), x_p = x_r = their outputs concatenated.",
+    )
+    n_features: int = Field(description="n, the number of ground-truth features (> 0).")
+    n_p: int = Field(description="Dimension of x_p (of each source for a crosscoder) (> 0).")
+    n_r: int | None = Field(
+        None, description="Transcoder only: dimension of x_r (> 0); None = n_p. Not allowed in other modes."
+    )
+    n_sources: int = Field(1, description="Crosscoder m, the number of sources (>= 2); must be 1 otherwise.")
+    S: float = Field(description="Sparsity Pr(x_d = 0), in [0, 1); each feature is active with probability 1 − S.")
+    M: float = Field(description="Maximum interference: max_{i != j} <w_i, w_j> <= M for the columns of W_p (and W_r).")
+    c_min: float = Field(
+        0.5,
+        description="Minimum activation of an active feature (>= 0). Default 0.5 (paper gives none): with "
+        "beta = 0.5 an active feature has mean magnitude c_min + beta = 1, and it never falls below half "
+        "of that, so every active feature stays visible above the interference (<= M each) of the "
+        "~n(1 − S) other active ones instead of hiding in a tail of near-zero activations.",
+    )
+    beta: float = Field(
+        0.5,
+        description="Scale (= mean = std) of the exponential part of an active feature's magnitude (> 0). "
+        "Default 0.5 so that the mean magnitude c_min + beta is 1 with a 2:1 spread of typical values.",
+    )
+    n_samples: int | None = Field(
+        None,
+        description="None: a fresh sample for every batch (infinite stream). N: a fixed training set of N "
+        "samples (the paper's N = 100,000), stored sparsely on the device and reshuffled every epoch.",
+    )
+    eval_size: int = Field(
+        4096, description="Size of the fixed held-out evaluation set (> 0), from its own seed stream."
+    )
+    seed: int = Field(0, description="Seeds everything in the data: W_p, W_r, training samples, evaluation set.")
+    interference_eps: float = Field(
+        DEFAULT_EPS,
+        description="Margin ε of the interference loss (see sdlkit.data.features.make_feature_matrix).",
+    )
+    interference_lam: float = Field(
+        DEFAULT_LAM, description="Weight λ of the positive-overlap penalty of the interference loss (>= 0)."
+    )
+    interference_lr: float = Field(DEFAULT_LR, description="Base step η of the interference PGD (> 0).")
+    interference_max_iters: int = Field(
+        DEFAULT_MAX_ITERS, description="Iteration limit of the interference PGD (>= 1)."
+    )
+
+    # ---- validators: ValueError with a message that names the field and the allowed values ----
+    @field_validator("n_features", "n_p")
+    @classmethod
+    def _positive_int(cls, value: int, info: ValidationInfo) -> int:
+        if value <= 0:
+            raise ValueError(f"{info.field_name} must be > 0")
+        return value
+
+    @field_validator("n_r")
+    @classmethod
+    def _n_r(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None:
+            return value
+        mode = info.data.get("mode")
+        if mode != "transcoder":
+            raise ValueError(f"n_r is only allowed when mode is 'transcoder' (mode is {mode!r}); remove n_r")
+        if value <= 0:
+            raise ValueError("n_r must be > 0")
+        return value
+
+    @field_validator("n_sources")
+    @classmethod
+    def _n_sources(cls, value: int, info: ValidationInfo) -> int:
+        mode = info.data.get("mode")
+        if mode == "crosscoder" and value < 2:
+            raise ValueError("n_sources must be >= 2 in crosscoder mode")
+        if mode in ("sae", "transcoder") and value != 1:
+            raise ValueError(f"n_sources must be 1 in {mode} mode (several sources need mode: crosscoder)")
+        return value
+
+    @field_validator("S")
+    @classmethod
+    def _S(cls, value: float) -> float:
+        if not 0 <= value < 1:
+            raise ValueError("S must be in [0, 1) (it is Pr(x_d = 0))")
+        return value
+
+    @field_validator("M")
+    @classmethod
+    def _M(cls, value: float) -> float:
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("M must be a finite number")
+        return value
+
+    @field_validator("c_min")
+    @classmethod
+    def _c_min(cls, value: float) -> float:
+        if not value >= 0:
+            raise ValueError("c_min must be >= 0")
+        return value
+
+    @field_validator("beta", "interference_eps", "interference_lr")
+    @classmethod
+    def _positive_float(cls, value: float, info: ValidationInfo) -> float:
+        if not value > 0:
+            raise ValueError(f"{info.field_name} must be > 0")
+        return value
+
+    @field_validator("interference_lam")
+    @classmethod
+    def _lam(cls, value: float) -> float:
+        if not value >= 0:
+            raise ValueError("interference_lam must be >= 0")
+        return value
+
+    @field_validator("n_samples")
+    @classmethod
+    def _n_samples(cls, value: int | None) -> int | None:
+        if value is not None and value <= 0:
+            raise ValueError("n_samples must be > 0, or null for an infinite stream")
+        return value
+
+    @field_validator("eval_size", "interference_max_iters")
+    @classmethod
+    def _at_least_one(cls, value: int, info: ValidationInfo) -> int:
+        if value < 1:
+            raise ValueError(f"{info.field_name} must be >= 1")
+        return value
+
+    @model_validator(mode="after")
+    def _feasible(self) -> LRBConfig:
+        """Refuse an M that is provably out of reach for the matrices this config builds."""
+        check_interference_feasible(self.n_p, self.n_features, self.M)
+        if self.mode == "transcoder":
+            check_interference_feasible(self.target_dims, self.n_features, self.M)
+        return self
+
+    # ---- helpers ----
+    @property
+    def target_dims(self) -> int:
+        """n_r as used: the dimension of each W_r column (n_p unless a transcoder sets n_r)."""
+        return self.n_r if self.n_r is not None else self.n_p
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, root: str = "data") -> LRBConfig:
+        """Validate `values`; any problem becomes a one-line ConfigError naming `root`.field."""
+        try:
+            return cls.model_validate(dict(values))
+        except ValidationError as err:
+            raise ConfigError(describe_validation_error(err, root, cls)) from None
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Table 3 of the paper.
+    "paper": {"n_features": 1000, "n_p": 768, "S": 0.99, "M": 0.1, "n_samples": 100_000},
+    # Same superposition ratio n/n_p = 1.30, S and M, about 4x smaller: minutes on a CPU.
+    "quick": {"n_features": 260, "n_p": 200, "S": 0.99, "M": 0.1, "n_samples": None},
+    # For tests: builds in milliseconds; same ratio 1.3, denser codes so small batches have signal.
+    "tiny": {"n_features": 26, "n_p": 20, "S": 0.9, "M": 0.3, "n_samples": None},
+}
+"""Named LRB settings; `lrb_preset(name, **overrides)` validates one with overrides applied."""
+
+
+def lrb_preset(name: str, **overrides: Any) -> LRBConfig:
+    """The preset `name` with `overrides` applied, validated (ConfigError on a bad name or value)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown LRB preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return LRBConfig.from_dict({**PRESETS[name], **overrides})
+
+
+def _derive_seed(*parts: object) -> int:
+    """A 63-bit seed from a tuple of parts (stable across runs and platforms, unlike hash())."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+_SET_CHUNK = 4096
+"""Rows drawn per generator when building the fixed training set (a constant, so the set is reproducible)."""
+
+
+class LRBSource:
+    """Random-access LRB data on `device`: `batch(index, batch_size)`, `eval_batch()`, the ground truth.
+
+    Attributes: `W_p` [n_in, n] (crosscoder: the m blocks W_p^(j) stacked along dim 0, also in
+    `W_p_blocks`), `W_r` [n_out, n] (the same tensor as W_p except for a transcoder), `n_in`, `n_out`,
+    `in_blocks`, `out_blocks`, `true_l0` = n(1 − S), the expected number of active features per sample.
+
+    Randomness: every stream has its own generator on `device`, seeded from a hash of
+    (config.seed, stream name, index), so W_p, W_r, each training batch, each epoch's permutation, the
+    fixed training set and the evaluation set never share random numbers, and batch `index` needs
+    no earlier batch. Results are reproducible per device type (CPU and CUDA generators differ).
+    """
+
+    def __init__(self, config: LRBConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        n, m = config.n_features, config.n_sources
+        knobs = {
+            "eps": config.interference_eps,
+            "lam": config.interference_lam,
+            "lr": config.interference_lr,
+            "max_iters": config.interference_max_iters,
+            "dtype": dtype,
+        }
+        blocks = [
+            make_feature_matrix(config.n_p, n, config.M, generator=self._generator("W_p", j), **knobs) for j in range(m)
+        ]
+        self.W_p: torch.Tensor = blocks[0] if m == 1 else torch.cat(blocks, dim=0)
+        self.W_p_blocks: list[torch.Tensor] = list(self.W_p.split(config.n_p, dim=0))
+        if config.mode == "transcoder":
+            self.W_r: torch.Tensor = make_feature_matrix(
+                config.target_dims, n, config.M, generator=self._generator("W_r", 0), **knobs
+            )
+        else:
+            self.W_r = self.W_p
+        self.n_in = self.W_p.shape[0]
+        self.n_out = self.W_r.shape[0]
+        self.in_blocks = [config.n_p] * m
+        self.out_blocks = [config.n_p] * m if config.mode == "crosscoder" else [self.n_out]
+        self.true_l0 = n * (1 - config.S)
+        self._eval: tuple[torch.Tensor, Batch] | None = None
+        self._perms: dict[int, torch.Tensor] = {}
+        self._set: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        if config.n_samples is not None:
+            self._set = self._build_training_set(config.n_samples)
+
+    # ---- public API ----
+    def codes(self, index: int, batch_size: int) -> torch.Tensor:
+        """Sparse codes x [batch_size, n] of training batch `index` (dense tensor, zeros where inactive)."""
+        if index < 0 or batch_size < 1:
+            raise ConfigError(
+                f"batch index must be >= 0 and batch_size >= 1, got index={index}, batch_size={batch_size}"
+            )
+        if self._set is None:
+            return self._sample_codes(batch_size, self._generator("train", index))
+        N = self.config.n_samples
+        assert N is not None
+        positions = torch.arange(index * batch_size, (index + 1) * batch_size, device=self.device)
+        epochs = positions // N
+        rows = torch.empty_like(positions)
+        for epoch in range(int(epochs[0]), int(epochs[-1]) + 1):
+            sel = epochs == epoch
+            rows[sel] = self._permutation(epoch)[positions[sel] - epoch * N]
+        return self._set_rows(rows)
+
+    def batch(self, index: int, batch_size: int) -> Batch:
+        """Training batch `index`: x_p = codes @ W_pᵀ, x_r = x_p (sae, crosscoder) or codes @ W_rᵀ."""
+        return self._to_batch(self.codes(index, batch_size))
+
+    def eval_codes(self) -> torch.Tensor:
+        """Codes [eval_size, n] of the fixed held-out set (its own seed stream; cached)."""
+        return self._eval_cache()[0]
+
+    def eval_batch(self) -> Batch:
+        """The fixed held-out evaluation set as a Batch (cached after the first call)."""
+        return self._eval_cache()[1]
+
+    def training_set_codes(self) -> torch.Tensor:
+        """The whole fixed training set as dense codes [n_samples, n] (n_samples mode only; to inspect)."""
+        if self._set is None:
+            raise ConfigError("training_set_codes() needs data.n_samples to be set (this source is an infinite stream)")
+        return self._set_rows(torch.arange(self.config.n_samples or 0, device=self.device))
+
+    def ground_truth(self) -> dict[str, torch.Tensor]:
+        """{"W_p": [n_in, n], "W_r": [n_out, n]}: separate contiguous tensors (safetensors refuses shared
+        storage, so W_r is a copy when it is W_p)."""
+        W_r = self.W_r.clone() if self.W_r is self.W_p else self.W_r
+        return {"W_p": self.W_p.contiguous(), "W_r": W_r.contiguous()}
+
+    # ---- internals ----
+    def _generator(self, stream: str, index: int) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(_derive_seed(self.config.seed, stream, index))
+        return gen
+
+    def _sample_codes(self, rows: int, gen: torch.Generator) -> torch.Tensor:
+        """x_d = Bernoulli(1 − S) · (c_min + beta · Exp(1)) for a [rows, n] block, drawn with `gen`.
+
+        Magnitudes are drawn only for the active entries (in row-major order), not for all rows·n.
+        """
+        cfg = self.config
+        shape = (rows, cfg.n_features)
+        active = torch.rand(shape, generator=gen, device=self.device) < (1 - cfg.S)
+        out = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        magnitude = torch.empty(int(active.sum()), device=self.device, dtype=self.dtype)
+        magnitude.exponential_(1.0, generator=gen)
+        out[active] = magnitude.mul_(cfg.beta).add_(cfg.c_min)
+        return out
+
+    def _to_batch(self, codes: torch.Tensor) -> Batch:
+        x_p = codes @ self.W_p.T
+        x_r = x_p if self.W_r is self.W_p else codes @ self.W_r.T
+        return Batch(x_p=x_p, x_r=x_r)
+
+    def _eval_cache(self) -> tuple[torch.Tensor, Batch]:
+        if self._eval is None:
+            codes = self._sample_codes(self.config.eval_size, self._generator("eval", 0))
+            self._eval = (codes, self._to_batch(codes))
+        return self._eval
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        """The order of the fixed set in `epoch` (cached for the two most recent epochs)."""
+        perm = self._perms.get(epoch)
+        if perm is None:
+            N = self.config.n_samples
+            assert N is not None
+            perm = torch.randperm(N, generator=self._generator("epoch", epoch), device=self.device)
+            if len(self._perms) >= 2:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = perm
+        return perm
+
+    def _build_training_set(self, N: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The fixed set in CSR form (row_ptr [N+1], col [nnz], val [nnz]): ~(1 − S)·n·N non-zeros."""
+        cols, vals, counts = [], [], []
+        for chunk, start in enumerate(range(0, N, _SET_CHUNK)):
+            block = self._sample_codes(min(_SET_CHUNK, N - start), self._generator("train_set", chunk))
+            r, c = block.nonzero(as_tuple=True)  # row-major order, so rows stay grouped
+            cols.append(c.to(torch.int32))
+            vals.append(block[r, c])
+            counts.append(torch.bincount(r, minlength=block.shape[0]))
+        row_ptr = torch.zeros(N + 1, dtype=torch.int64, device=self.device)
+        row_ptr[1:] = torch.cat(counts).cumsum(0)
+        return row_ptr, torch.cat(cols), torch.cat(vals)
+
+    def _set_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Dense codes [len(rows), n] of the fixed-set samples `rows` (vectorised CSR gather)."""
+        assert self._set is not None
+        row_ptr, col, val = self._set
+        starts = row_ptr[rows]
+        counts = row_ptr[rows + 1] - starts
+        total = int(counts.sum())
+        out = torch.zeros(len(rows), self.config.n_features, device=self.device, dtype=self.dtype)
+        if total == 0:
+            return out
+        batch_row = torch.repeat_interleave(torch.arange(len(rows), device=self.device), counts)
+        offsets = torch.arange(total, device=self.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        positions = torch.repeat_interleave(starts, counts) + offsets
+        out[batch_row, col[positions].long()] = val[positions]
+        return out
