@@ -56,7 +56,7 @@ def one_line_error(capsys, argv, match):
         (["model.method.k=65"], "method.k = 65 is not allowed: it must be in [1, model.n_latents = 64]"),
         (["data.S=1.0"], "S"),
         (["train.lrr=1"], "unknown option 'train.lrr'"),
-        (["train.batch_size=0"], "train.batch_size = 0: Input should be greater than 0"),
+        (["train.batch_size=0"], "train.batch_size = 0 is not allowed: Input should be greater than 0"),
         (["device=tpu"], "unknown device 'tpu'"),
         (["data.preset=nope"], "nope"),
         (["train.lr"], "is not key=value"),

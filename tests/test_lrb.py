@@ -286,7 +286,7 @@ def test_presets() -> None:
         ({"c_min": -1.0}, r"^data\.c_min = -1\.0 is not allowed"),
         ({"n_samples": 0}, r"^data\.n_samples = 0 is not allowed"),
         ({"mode": "autoencoder"}, r"^data\.mode = 'autoencoder' is not allowed"),
-        ({"M": -0.5}, r"^data: M = -0\.5 is impossible"),
+        ({"M": -0.5}, r"^data.M = -0\.5 is impossible"),
         ({"bogus": 1}, r"unknown option 'data\.bogus'"),
     ],
 )

@@ -55,7 +55,7 @@ def describe_validation_error(err: Any, root: str = "", model_cls: Any = None) -
         )
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" = {value!r}"
-    return f"{location}{shown}: {message}"
+    return f"{location}{shown} is not allowed: {message}"
 
 
 def _fields_at(model_cls: Any, path: list[str]) -> list[str]:
