@@ -1,0 +1,36 @@
+"""Held-out reconstruction metrics against direct computations."""
+
+import torch
+
+from sdlkit.data import Batch
+from sdlkit.metrics import reconstruction_metrics
+from sdlkit.model import ModelConfig, SparseDictionary
+
+
+def test_metrics_match_direct_computation_and_ignore_chunking():
+    torch.manual_seed(0)
+    model = SparseDictionary(ModelConfig(n_in=6, n_latents=20, method={"name": "topk", "k": 3}))
+    x = torch.randn(100, 6) + 2.0
+    out = model(x)
+    err = (x - out.x_hat).pow(2).sum()
+    total = (x - x.mean(0)).pow(2).sum()
+    for chunk in (7, 1000):
+        m = reconstruction_metrics(model, Batch(x, x), chunk_size=chunk)
+        assert abs(m["mse"] - err.item() / 100) < 1e-5
+        assert abs(m["fvu"] - (err / total).item()) < 1e-6
+        assert m["l0"] == 3.0
+        assert abs(m["never_fired_fraction"] - (1 - (out.x_q != 0).any(0).float().mean().item())) < 1e-9
+
+
+def test_crosscoder_gets_fvu_per_source():
+    torch.manual_seed(1)
+    model = SparseDictionary(ModelConfig(n_in=8, n_latents=16, in_blocks=[3, 5], out_blocks=[3, 5], method="relu"))
+    x = torch.randn(50, 8)
+    out = model(x)
+    m = reconstruction_metrics(model, Batch(x, x))
+    for j, sl in enumerate((slice(0, 3), slice(3, 8))):
+        expected = (x[:, sl] - out.x_hat[:, sl]).pow(2).sum() / (x[:, sl] - x[:, sl].mean(0)).pow(2).sum()
+        assert abs(m[f"fvu_source_{j}"] - expected.item()) < 1e-6
+    assert "fvu_source_0" not in reconstruction_metrics(
+        SparseDictionary(ModelConfig(n_in=8, n_latents=16, method="relu")), Batch(x, x)
+    )
