@@ -159,3 +159,13 @@ def test_metrics_log_has_the_promised_fields(tmp_path):
     assert [r["step"] for r in records] == [10, 20]
     assert {"loss", "mse", "l0", "dead_fraction", "lr", "samples_per_s"} <= set(records[0])
     assert records[0]["l0"] <= 4  # topk k = 4
+
+
+def test_bf16_autocast_trains():
+    config = tiny_config("topk", steps=80, precision="bf16")
+    source = build_source(config.data)
+    trainer = Trainer(config, source)
+    before = reconstruction_metrics(trainer.model, source.eval_batch())["mse"]
+    result = trainer.fit()
+    assert result.model.W_E.dtype == torch.float32  # weights stay float32 under autocast
+    assert result.metrics["mse"] < 0.5 * before

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,6 +266,7 @@ class Trainer:
             initial=self.step,
             unit="step",
             disable=not cfg.progress,
+            mininterval=0.1 if sys.stderr.isatty() else 10.0,  # a log file gets a line per 10 s, not per 0.1 s
             dynamic_ncols=True,
             desc=self.config.model.method.name,
         )
