@@ -53,11 +53,33 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the checkpoint's config as JSON")
     info.set_defaults(func=cmd_info)
 
-    bench = sub.add_parser("bench", help="train every method on Linear Representation Bench data")
-    bench.add_argument("--preset", default="quick", help="LRB preset (default: quick)")
-    bench.add_argument("--methods", default=None, help="comma-separated bench rows (default: all)")
-    bench.add_argument("--steps", type=int, default=None, help="training steps per run (default: the preset's)")
+    bench = sub.add_parser("bench", help="the paper's Table 1 and ablations on Linear Representation Bench data")
+    bench.add_argument(
+        "--preset",
+        default="quick",
+        help="quick | paper | superposition | interference | sparsity | topk-k (default: quick)",
+    )
+    bench.add_argument("--quick", action="store_true", help="run an ablation preset at the quick scale")
+    bench.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated rows (default: the preset's; all: " + ",".join(_bench_methods()) + ")",
+    )
+    bench.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (default: --seed, else 0)")
+    bench.add_argument(
+        "--anchors",
+        type=int,
+        default=None,
+        metavar="K",
+        help="anchored features per run (default: 10%% of the features)",
+    )
+    bench.add_argument("--anchor-weight", type=float, default=0.1, help="λ_anchor (default: 0.1, as the paper)")
+    bench.add_argument("--anchor-mode", choices=["soft", "hard"], default="soft", help="soft penalty or fixed rows")
+    bench.add_argument("--tau", type=float, default=0.95, help="recovery threshold τ in (0, 1] (default: 0.95)")
+    bench.add_argument("--steps", type=int, default=None, help="training steps per run (default: the scale's)")
+    bench.add_argument("--sweep", action="store_true", help="search the sparsity coefficient of relu/jumprelu/gated")
     bench.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
+    bench.add_argument("--resume", action="store_true", help="finish a bench in --out, skipping finished runs")
     bench.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     _common(bench)
@@ -129,19 +151,46 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_methods() -> list[str]:
+    from sdlkit.experiments.bench import ALL_METHODS
+
+    return ALL_METHODS
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SdlkitError(f"{flag} {text!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    from sdlkit.config import resolve_device
     from sdlkit.experiments.bench import run_bench
 
+    seeds = _int_list("--seeds", args.seeds) if args.seeds else [args.seed or 0]
+    try:
+        device = resolve_device(args.device or "cpu")
+    except ValueError as err:
+        raise SdlkitError(str(err)) from None
     run_bench(
         preset=args.preset,
         methods=args.methods.split(",") if args.methods else None,
         out=Path(args.out),
-        device=args.device or "cpu",
-        seed=args.seed or 0,
+        device=device,
+        seeds=seeds,
         steps=args.steps,
+        anchors=args.anchors,
+        anchor_weight=args.anchor_weight,
+        anchor_mode=args.anchor_mode,
+        tau=args.tau,
+        quick=args.quick,
+        sweep=args.sweep,
+        resume=args.resume,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
+    print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
 

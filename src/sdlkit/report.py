@@ -24,3 +24,75 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], digits:
     ]
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
     return "\n".join(lines)
+
+
+# ----- plots (matplotlib, written as PNG; no display needed) -----------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_recovery_curves(curves: dict[str, dict[str, list[float]]], path, title: str) -> None:
+    """M_GT against τ (the paper's Figure 6): `curves[label] = {"tau": [...], "encoder": [...],
+    "decoder": [...]}`; labels ending in '+ FA' are drawn dashed in their method's colour."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    colours: dict[str, Any] = {}
+    for label, curve in curves.items():
+        base = label.removesuffix(" + FA")
+        colour = colours.setdefault(base, f"C{len(colours) % 10}")
+        style = "--" if label.endswith("+ FA") else "-"
+        for ax, key in zip(axes, ("encoder", "decoder"), strict=True):
+            ax.plot(curve["tau"], curve[key], style, color=colour, label=label, linewidth=1.5)
+    for ax, key in zip(axes, ("encoder rows (the paper's metric)", "decoder columns"), strict=True):
+        ax.set_title(key)
+        ax.set_xlabel("threshold τ")
+        ax.grid(alpha=0.3)
+        ax.set_xlim(0.5, 1.0)
+    axes[0].set_ylabel("GT recovery M_GT(τ)")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_grouped_bars(groups: list[str], series: dict[str, list[float]], path, title: str, ylabel: str) -> None:
+    """One group of bars per entry of `groups`, one bar per series (`series[name][i]` for group i)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) + 2), 4.2))
+    width = 0.8 / max(1, len(series))
+    for j, (name, values) in enumerate(series.items()):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
+        ax.bar(xs, values, width, label=name, color=f"C{j}", hatch="//" if "FA" in name else None, alpha=0.9)
+    ax.set_xticks(range(len(groups)), groups, rotation=20)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.05)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_lines(xs: list[str], series: dict[str, list[float]], path, title: str, ylabel: str) -> None:
+    """One line per series over categorical `xs` (an ablation's settings); '+ FA' series dashed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colours: dict[str, Any] = {}
+    for name, values in series.items():
+        colour = colours.setdefault(name.removesuffix(" + FA"), f"C{len(colours) % 10}")
+        ax.plot(xs, values, "--o" if name.endswith("+ FA") else "-o", color=colour, label=name, markersize=4)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sdlkit.anchoring import AnchorPenalty, Anchors, apply_hard_anchors, ground_truth_anchors, zero_anchor_grads
 from sdlkit.config import RESAMPLE_SEED_OFFSET, RunConfig, TrainConfig
 from sdlkit.data.source import Batch, DataSource
 from sdlkit.errors import CheckpointError, ConfigError, ShapeError, TrainingDiverged
@@ -67,6 +68,7 @@ class Trainer:
         source: DataSource,
         run_dir: str | Path | None = None,
         extra_terms: list[Term] = (),
+        anchors: Anchors | None = None,
     ):
         self.config = config
         self.cfg = config.train
@@ -81,7 +83,13 @@ class Trainer:
         generator = torch.Generator().manual_seed(config.seed)
         self.model = SparseDictionary(config.model, generator).to(self.device)
         method = config.model.method
-        self.objective = Objective([*method.build_terms(config.model.n_latents, source.n_out), *extra_terms])
+        terms = [*method.build_terms(config.model.n_latents, source.n_out), *extra_terms]
+        self.anchors = self._anchors(anchors)
+        if self.anchors is not None and self.cfg.anchors.mode == "soft":
+            terms.append(AnchorPenalty(self.anchors, self.cfg.anchors.weight))
+        elif self.anchors is not None:
+            apply_hard_anchors(self.model, self.anchors)
+        self.objective = Objective(terms)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.adam_eps
         )
@@ -93,6 +101,34 @@ class Trainer:
         self.n_resampled = 0
         self.last_checkpoint: Path | None = None
         self._reset_accumulators()
+
+    def _anchors(self, given: Anchors | None) -> Anchors | None:
+        """The anchors to use: `given`, else drawn from the source's ground truth per train.anchors."""
+        spec = self.cfg.anchors
+        if spec is None:
+            if given is not None:
+                raise ConfigError("anchors were given but train.anchors is not set (it holds weight and mode)")
+            return None
+        if given is None:
+            if not hasattr(self.source, "ground_truth"):
+                raise ConfigError(
+                    "train.anchors needs ground-truth features (Linear Representation Bench data) or anchors given "
+                    "to the Trainer (e.g. sdlkit.anchoring.class_mean_anchors)"
+                )
+            truth = self.source.ground_truth()
+            given = ground_truth_anchors(truth["W_p"], truth["W_r"], spec.count, spec.seed)
+        if given.k != spec.count:
+            raise ConfigError(f"train.anchors.count = {spec.count} but {given.k} anchors were given")
+        if given.k > self.model.n_latents:
+            raise ConfigError(
+                f"train.anchors.count = {given.k} is larger than model.n_latents = {self.model.n_latents}"
+            )
+        if given.A.shape[1] != self.model.n_in or given.B.shape[0] != self.model.n_out:
+            raise ShapeError(
+                f"anchors are [{given.k}, {given.A.shape[1]}] and [{given.B.shape[0]}, {given.k}] but the model needs "
+                f"[k, {self.model.n_in}] and [{self.model.n_out}, k]"
+            )
+        return given.to(self.device, self.model.W_E.dtype)
 
     # ----- state ------------------------------------------------------------------------------------
     def _reset_accumulators(self) -> None:
@@ -226,11 +262,16 @@ class Trainer:
         loss.backward()
         if model.config.unit_norm_decoder:
             model.project_decoder_grad()
+        hard_anchors = self.anchors is not None and self.cfg.anchors.mode == "hard"
+        if hard_anchors:
+            zero_anchor_grads(model, self.anchors.k)
         if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         model.post_step()
+        if hard_anchors:
+            apply_hard_anchors(model, self.anchors)
         self.dead.update(out.x_q)
         self._accumulate(parts, loss, out.x_q)
 
