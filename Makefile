@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 bench: $(STAMP)
-	$(VENV)/bin/sdlkit bench --preset quick --out bench-out
+	$(VENV)/bin/sdlkit bench --preset quick --out bench-out --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -208,7 +208,7 @@ class Trainer:
             path.write_text("".join(line + "\n" for line in lines))
 
     def _accumulate(self, parts: dict[str, torch.Tensor], loss: torch.Tensor, x_q: torch.Tensor) -> None:
-        values = {**parts, "loss": loss.detach(), "l0": (x_q != 0).sum(dim=-1).float().mean()}
+        values = {**parts, "loss": loss.detach(), "l0": torch.count_nonzero(x_q.detach()) / x_q.shape[0]}
         for key, value in values.items():
             self._acc[key] = self._acc.get(key, 0) + value.float()
         self._acc_steps += 1
