@@ -110,8 +110,8 @@ def verdict(method: str, base: list[dict[str, Any]], fa: list[dict[str, Any]], p
     if encoder_misses:
         sentence += (
             f". Its decoder columns recover {gt_dec:.1%} of the features (M_IP {ip_dec:.3f}): the dictionary found "
-            "them, but the encoder rows point away from them (an encoder row also has to cancel the interference of "
-            "overlapping features), which the encoder-row metric counts as a miss"
+            "them, but the encoder rows point away from them (we think because an encoder row also has to cancel the "
+            "interference of overlapping features), which the encoder-row metric counts as a miss"
         )
     if fa:
         delta, delta_dec = (_mean(fa, "gt_recovery") - gt) * 100, (_mean(fa, "gt_recovery_decoder") - gt_dec) * 100
@@ -162,9 +162,10 @@ def write_report(out: Path, spec: Any, records: list[dict[str, Any]], wall_secon
             f"features on average and encoder rows {enc:.1%} (τ = {spec.tau}). "
             + (
                 "The gap is large: the dictionaries find the features, and the encoder rows that decide which latent "
-                "fires point away from them, since a good encoder row must also cancel the interference of "
-                "overlapping features. The paper scores encoder rows only; we report both and read the decoder as "
-                "what a latent means."
+                "fires point away from them; we think because a good encoder row must also cancel the interference "
+                "of overlapping features (longer training moves encoder rows further from the features while the "
+                "decoder stays on them). The paper scores encoder rows only; we report both and read the decoder "
+                "as what a latent means."
                 if dec - enc > 0.2
                 else "The two agree to within 20 points here."
             ),
