@@ -113,6 +113,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         **{k: result.metrics[k] for k in ("mse", "fvu", "l0", "dead_fraction")},
         "seconds": round(result.train_seconds, 1),
     }
+    if hasattr(source, "ground_truth"):  # bench data: the features are known, so say how many were found
+        from sdlkit.recovery import dictionary_recovery
+
+        truth = source.ground_truth()
+        recovery = dictionary_recovery(result.model, truth["W_p"], truth["W_r"])
+        row.update({k: recovery[k] for k in ("gt_recovery", "max_inner_product", "gt_recovery_decoder")})
     print(format_table([row], list(row)))
     print(f"checkpoint: {result.checkpoint}")
     return 0

@@ -68,6 +68,13 @@ def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def write_json_atomically(path: Path, obj: Any) -> None:
+    """Replace `path` with `obj` as JSON in one rename: readers see the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write_json(tmp, obj)
+    os.replace(tmp, path)
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """safetensors needs contiguous tensors that share no memory."""
     save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(path))

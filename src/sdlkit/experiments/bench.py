@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,7 @@ from sdlkit.anchoring import ground_truth_anchors
 from sdlkit.config import run_config
 from sdlkit.data import LRBSource, build_source
 from sdlkit.errors import ConfigError
-from sdlkit.io import save_tensors
+from sdlkit.io import save_tensors, write_json_atomically
 from sdlkit.metrics import reconstruction_metrics
 from sdlkit.recovery import best_match, dictionary_recovery, recovery_curve
 from sdlkit.train import Trainer
@@ -297,12 +296,6 @@ def plan_runs(spec: BenchSpec) -> list[RunPlan]:
 
 
 # ----- running ----------------------------------------------------------------------------------------
-def _write_json_atomically(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def prepare_folder(out: Path, spec: BenchSpec, resume: bool, overwrite: bool) -> list[dict[str, Any]]:
     """Make `out` ready; return the records already finished there (resume) or none."""
     meta_path, results_path = out / "bench.json", out / "results.json"
@@ -324,7 +317,7 @@ def prepare_folder(out: Path, spec: BenchSpec, resume: bool, overwrite: bool) ->
             )
         return json.loads(results_path.read_text()) if results_path.is_file() else []
     out.mkdir(parents=True, exist_ok=True)
-    _write_json_atomically(meta_path, spec.comparable())
+    write_json_atomically(meta_path, spec.comparable())
     return []
 
 
@@ -451,7 +444,7 @@ def run_bench(
             "config": config.model_dump(mode="json"),
         }
         records.append(record)
-        _write_json_atomically(out / "results.json", records)
+        write_json_atomically(out / "results.json", records)
     wall = time.perf_counter() - started
     write_report(out, spec, records, wall)
     return records

@@ -116,6 +116,11 @@ class Trainer:
                     "to the Trainer (e.g. sdlkit.anchoring.class_mean_anchors)"
                 )
             truth = self.source.ground_truth()
+            n_features = truth["W_p"].shape[1]
+            if spec.count > n_features:
+                raise ConfigError(
+                    f"train.anchors.count = {spec.count} is larger than the number of features n = {n_features}"
+                )
             given = ground_truth_anchors(truth["W_p"], truth["W_r"], spec.count, spec.seed)
         if given.k != spec.count:
             raise ConfigError(f"train.anchors.count = {spec.count} but {given.k} anchors were given")
