@@ -164,3 +164,13 @@ def test_every_recipe_is_a_valid_method(name):
     method, data, note = recipe(name, true_l0=2.6, steps=1000)
     sdlkit.method_config(method).build_activation(512)
     assert note and set(data) <= {"mode", "n_sources"}
+
+
+def test_set_overrides_every_run_and_is_part_of_the_bench_identity(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert bench(out, "--methods", "topk", "--steps", "2", "--set", "model.n_latents=300") == 0
+    records = json.loads((out / "results.json").read_text())
+    assert {r["config"]["model"]["n_latents"] for r in records} == {300}
+    assert "--set model.n_latents=300" in (out / "report.md").read_text()
+    assert bench(out, "--methods", "topk", "--steps", "2", "--resume") == 2
+    assert "(overrides differ)" in capsys.readouterr().err

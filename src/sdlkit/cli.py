@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tau", type=float, default=0.95, help="recovery threshold τ in (0, 1] (default: 0.95)")
     bench.add_argument("--steps", type=int, default=None, help="training steps per run (default: the scale's)")
     bench.add_argument("--sweep", action="store_true", help="search the sparsity coefficient of relu/jumprelu/gated")
+    bench.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override every run's config, e.g. --set model.n_latents=2048 (repeatable)",
+    )
     bench.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
     bench.add_argument("--resume", action="store_true", help="finish a bench in --out, skipping finished runs")
     bench.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -195,6 +202,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        overrides=args.set,
     )
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0

@@ -26,11 +26,10 @@ import torch
 from scipy.stats import poisson
 
 from sdlkit.anchoring import ground_truth_anchors
-from sdlkit.config import run_config
+from sdlkit.config import apply_override, run_config
 from sdlkit.data import LRBSource, build_source
 from sdlkit.errors import ConfigError
 from sdlkit.io import save_tensors, write_json_atomically
-from sdlkit.metrics import reconstruction_metrics
 from sdlkit.recovery import best_match, dictionary_recovery, recovery_curve
 from sdlkit.train import Trainer
 from sdlkit.train.checkpoint import list_checkpoints
@@ -206,6 +205,8 @@ class BenchSpec:
     steps: int | None
     sweep: bool
     device: str
+    overrides: list[str] = field(default_factory=list)
+    """`key=value` config overrides applied to every run (e.g. model.n_latents=2048), after the recipe."""
 
     def comparable(self) -> dict[str, Any]:
         """The fields that change results (the device does not make a folder incompatible)."""
@@ -289,6 +290,8 @@ def plan_runs(spec: BenchSpec) -> list[RunPlan]:
                         "seed": seed,
                         "device": spec.device,
                     }
+                    for assignment in spec.overrides:
+                        apply_override(values, assignment)
                     parts = [setting.label, method + ("-fa" if anchored else ""), f"seed{seed}"]
                     run_id = "__".join(p.replace("=", "") for p in parts if p)
                     plans.append(RunPlan(run_id, setting.label, method, anchored, seed, n_anchors, values, note))
@@ -377,6 +380,7 @@ def run_bench(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    overrides: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or finish) a bench; write results.json after every run, then report.md and the plots."""
     from sdlkit.experiments.bench_report import write_report
@@ -393,6 +397,7 @@ def run_bench(
         steps=steps,
         sweep=sweep,
         device=device,
+        overrides=list(overrides or []),
     )
     plans = plan_runs(spec)
     out = Path(out)
@@ -432,8 +437,7 @@ def run_bench(
             "anchor_indices": trainer.anchors.indices if trainer.anchors is not None else [],
             "excluded_features": excluded,
             **score(result.model, source, excluded, tau),
-            **reconstruction_metrics(result.model, source.eval_batch()),
-            "dead_fraction": result.metrics["dead_fraction"],
+            **result.metrics,  # held-out mse, fvu, l0 (and per-source fvu); dead fraction over the training window
             "true_l0": source.true_l0,
             "train_seconds": result.train_seconds,
             "samples_seen": result.samples_seen,

@@ -136,11 +136,16 @@ def write_report(out: Path, spec: Any, records: list[dict[str, Any]], wall_secon
     settings = list(dict.fromkeys(r["setting"] for r in records))
     methods = [m for m in spec.methods if any(r["method"] == m for r in records)]
     first = records[0] if records else None
+    first_model = first["config"]["model"] if first else {}
+    first_train = first["config"]["train"] if first else {}
     lines = [
         f"# sdlkit bench `{spec.preset}`{' (quick scale)' if spec.quick else ''}: the paper's {preset.table}",
         "",
-        f"{preset.description}. {len(records)} runs, seeds {spec.seeds}; {scale.n_latents} latents, "
-        f"{spec.steps or scale.steps} steps of {scale.batch_size}; τ = {spec.tau}. Metrics on the features that "
+        f"{preset.description}. {len(records)} runs, seeds {spec.seeds}; "
+        f"{first_model.get('n_latents', scale.n_latents)} latents, "
+        f"{first_train.get('steps', scale.steps)} steps of {first_train.get('batch_size', scale.batch_size)}"
+        f"{' (overrides: ' + ', '.join(spec.overrides) + ')' if spec.overrides else ''}; τ = {spec.tau}. "
+        "Metrics on the features that "
         "are not anchored (anchored and unanchored twins are scored on the same features).",
         "",
         f"Wall time of this invocation: {wall_seconds:.0f} s on {spec.device}; training time summed over the runs: "
@@ -294,4 +299,5 @@ def _command(spec: Any) -> str:
         parts.append(f"--steps {spec.steps}")
     if spec.sweep:
         parts.append("--sweep")
+    parts += [f"--set {assignment}" for assignment in spec.overrides]
     return " ".join(parts)
