@@ -1,4 +1,4 @@
-"""The `sdlkit` command: train, info, bench.
+"""The `sdlkit` command: train, info, bench, theory, diagnose.
 
 Errors in what the user gave (a bad option, config value, checkpoint) print one line on standard
 error and exit with status 2; a diverged run exits 3 after naming its last good checkpoint.
@@ -91,7 +91,37 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     _common(bench)
     bench.set_defaults(func=cmd_bench)
+    theory = sub.add_parser("theory", help="check the paper's theorems and predictions numerically")
+    theory.add_argument("--out", default="theory-out", help="output folder (default: theory-out)")
+    theory.add_argument("--quick", action="store_true", help="small sizes: everything in a few minutes on 2 CPU cores")
+    theory.add_argument("--only", default=None, help="comma-separated checks (default: all): " + ", ".join(_checks()))
+    theory.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    _common(theory)
+    theory.set_defaults(func=cmd_theory)
+
+    diagnose = sub.add_parser("diagnose", help="activation-pattern census of a dictionary trained on bench data")
+    diagnose.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
+    diagnose.add_argument(
+        "--bench-config",
+        default=None,
+        help="YAML with the LRB data it was trained on (default: the one recorded in the checkpoint)",
+    )
+    diagnose.add_argument(
+        "--min-activation",
+        type=float,
+        default=0.0,
+        help="a latent fires for a feature when its code exceeds this (default 0, the paper's)",
+    )
+    diagnose.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="write the census as JSON")
+    _common(diagnose)
+    diagnose.set_defaults(func=cmd_diagnose)
     return parser
+
+
+def _checks() -> list[str]:
+    from sdlkit.experiments.theory_run import CHECK_ORDER
+
+    return CHECK_ORDER
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -178,14 +208,10 @@ def _int_list(flag: str, text: str) -> list[int]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from sdlkit.config import resolve_device
     from sdlkit.experiments.bench import run_bench
 
     seeds = _int_list("--seeds", args.seeds) if args.seeds else [args.seed or 0]
-    try:
-        device = resolve_device(args.device or "cpu")
-    except ValueError as err:
-        raise SdlkitError(str(err)) from None
+    device = _device(args)
     run_bench(
         preset=args.preset,
         methods=args.methods.split(",") if args.methods else None,
@@ -205,6 +231,51 @@ def cmd_bench(args: argparse.Namespace) -> int:
         overrides=args.set,
     )
     print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _device(args: argparse.Namespace) -> str:
+    from sdlkit.config import resolve_device
+
+    try:
+        return resolve_device(args.device or "cpu")
+    except ValueError as err:
+        raise SdlkitError(str(err)) from None
+
+
+def cmd_theory(args: argparse.Namespace) -> int:
+    from sdlkit.experiments.theory_run import run_theory
+
+    results = run_theory(
+        Path(args.out),
+        quick=args.quick,
+        device=_device(args),
+        seed=args.seed or 0,
+        only=args.only.split(",") if args.only else None,
+        overwrite=args.overwrite,
+    )
+    held = sum(r["holds"] for r in results)
+    print(f"{held} of {len(results)} claims hold; report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    import sdlkit
+    from sdlkit.data.lrb import LRBSource
+    from sdlkit.experiments.diagnose import bench_data_config, census, census_table, to_json
+
+    device = _device(args)
+    model = sdlkit.load(args.checkpoint, device=device)
+    source = LRBSource(bench_data_config(Path(args.checkpoint), args.bench_config), device=device)
+    result = census(model, source, args.min_activation)
+    print(census_table(result))
+    for feature in result["absorbed"][:20]:
+        print(f"feature {feature} is absorbed into latents {result['absorbed_into'].get(feature, [])}")
+    if len(result["absorbed"]) > 20:
+        print(f"… and {len(result['absorbed']) - 20} more absorbed features (see --json)")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(to_json(result), indent=2) + "\n")
+        print(f"census: {args.json_out}")
     return 0
 
 

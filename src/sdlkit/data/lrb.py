@@ -6,10 +6,16 @@ Every sample is a sparse non-negative code x ∈ R^n over n ground-truth feature
     x_p = W_p x        W_p [n_p, n], unit-norm columns, max_{i != j} <w_i, w_j> <= M
     x_r = W_r x        SAE: W_r is W_p (so x_r is x_p); transcoder: an independent [n_r, n] matrix
 
-No noise, no correlation between features. The paper leaves transcoder and crosscoder data
-undescribed; here a transcoder learns x_p -> x_r = W_r x with W_r drawn like W_p (same M), and a
-crosscoder reads m sources x_p^(j) = W_p^(j) x, each W_p^(j) an independent draw, concatenated into
-one [m·n_p] vector (x_r is x_p: it reconstructs all sources).
+No noise, no correlation between features, unless `hierarchy` is set: then the first features form
+trees of parents and children (paper Def 3.2, see sdlkit.data.hierarchy): leaves are drawn as above,
+and every parent is active iff at least one of its children is, with its own magnitude
+c_min + Exp(beta); a depth-1 parent is active with probability 1 − S^children_per_parent. The other
+features stay independent, and with `hierarchy` unset the codes are bit-identical to the plain bench.
+
+The paper leaves transcoder and crosscoder data undescribed; here a transcoder learns
+x_p -> x_r = W_r x with W_r drawn like W_p (same M), and a crosscoder reads m sources
+x_p^(j) = W_p^(j) x, each W_p^(j) an independent draw, concatenated into one [m·n_p] vector
+(x_r is x_p: it reconstructs all sources).
 
 `LRBConfig` validates the settings, `PRESETS` / `lrb_preset` name the standard ones, and `LRBSource`
 is the random-access `DataSource`: batch `index` is a pure function of (seed, index, batch_size), so
@@ -41,10 +47,11 @@ from sdlkit.data.features import (
     check_interference_feasible,
     make_feature_matrix,
 )
+from sdlkit.data.hierarchy import Hierarchy, HierarchyConfig, impose_hierarchy
 from sdlkit.data.source import Batch
 from sdlkit.errors import ConfigError, describe_validation_error
 
-__all__ = ["PRESETS", "LRBConfig", "LRBSource", "lrb_preset"]
+__all__ = ["PRESETS", "Hierarchy", "HierarchyConfig", "LRBConfig", "LRBSource", "lrb_preset"]
 
 
 class LRBConfig(BaseModel):
@@ -97,6 +104,12 @@ class LRBConfig(BaseModel):
     interference_lr: float = Field(DEFAULT_LR, description="Base step η of the interference PGD (> 0).")
     interference_max_iters: int = Field(
         DEFAULT_MAX_ITERS, description="Iteration limit of the interference PGD (>= 1)."
+    )
+    hierarchy: HierarchyConfig | None = Field(
+        None,
+        description="None: all features independent (the paper's bench). Otherwise {n_parents, "
+        "children_per_parent, depth}: the first n_parents·(1 + b + … + b^depth) features form trees in which "
+        "a parent is active iff one of its children is (Def 3.2); see sdlkit.data.hierarchy for the layout.",
     )
 
     # ---- validators: ValueError with a message that names the field and the allowed values ----
@@ -186,6 +199,17 @@ class LRBConfig(BaseModel):
             check_interference_feasible(self.target_dims, self.n_features, self.M)
         return self
 
+    @model_validator(mode="after")
+    def _hierarchy_fits(self) -> LRBConfig:
+        h = self.hierarchy
+        if h is not None and h.n_tree_features > self.n_features:
+            raise ValueError(
+                f"n_features = {self.n_features} is too small for the hierarchy: hierarchy.n_parents = "
+                f"{h.n_parents}, children_per_parent = {h.children_per_parent}, depth = {h.depth} need "
+                f"{h.n_tree_features} features; raise n_features or shrink the hierarchy"
+            )
+        return self
+
     # ---- helpers ----
     @property
     def target_dims(self) -> int:
@@ -234,7 +258,9 @@ class LRBSource:
 
     Attributes: `W_p` [n_in, n] (crosscoder: the m blocks W_p^(j) stacked along dim 0, also in
     `W_p_blocks`), `W_r` [n_out, n] (the same tensor as W_p except for a transcoder), `n_in`, `n_out`,
-    `in_blocks`, `out_blocks`, `true_l0` = n(1 − S), the expected number of active features per sample.
+    `in_blocks`, `out_blocks`, `true_l0` = n(1 − S), the expected number of active features per sample
+    (with a hierarchy: the independent and leaf features' share plus 1 − S^(b^h) per tree node of
+    height h), `hierarchy` (the `Hierarchy` index layout, or None).
 
     Randomness: every stream has its own generator on `device`, seeded from a hash of
     (config.seed, stream name, index), so W_p, W_r, each training batch, each epoch's permutation, the
@@ -269,7 +295,12 @@ class LRBSource:
         self.n_out = self.W_r.shape[0]
         self.in_blocks = [config.n_p] * m
         self.out_blocks = [config.n_p] * m if config.mode == "crosscoder" else [self.n_out]
-        self.true_l0 = n * (1 - config.S)
+        self.hierarchy: Hierarchy | None = config.hierarchy.build() if config.hierarchy is not None else None
+        if self.hierarchy is None:
+            self.true_l0 = n * (1 - config.S)
+        else:
+            n_tree = self.hierarchy.n_tree
+            self.true_l0 = (n - n_tree) * (1 - config.S) + self.hierarchy.expected_active(config.S)
         self._eval: tuple[torch.Tensor, Batch] | None = None
         self._perms: dict[int, torch.Tensor] = {}
         self._set: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
@@ -313,6 +344,15 @@ class LRBSource:
             raise ConfigError("training_set_codes() needs data.n_samples to be set (this source is an infinite stream)")
         return self._set_rows(torch.arange(self.config.n_samples or 0, device=self.device))
 
+    def sample_codes(self, n_samples: int, stream: str = "extra", index: int = 0) -> torch.Tensor:
+        """`n_samples` fresh codes [n_samples, n] from the named seed stream (`stream`, `index`), e.g.
+        for an evaluation that needs more samples than the eval set. Streams never share random numbers
+        with training, the fixed set or the eval set (their names are prefixed with "user:"); the same
+        arguments always give the same codes."""
+        if n_samples < 1:
+            raise ConfigError(f"n_samples must be >= 1, got {n_samples}")
+        return self._sample_codes(n_samples, self._generator(f"user:{stream}", index))
+
     def ground_truth(self) -> dict[str, torch.Tensor]:
         """{"W_p": [n_in, n], "W_r": [n_out, n]}: separate contiguous tensors (safetensors refuses shared
         storage, so W_r is a copy when it is W_p)."""
@@ -329,10 +369,14 @@ class LRBSource:
         """x_d = Bernoulli(1 − S) · (c_min + beta · Exp(1)) for a [rows, n] block, drawn with `gen`.
 
         Magnitudes are drawn only for the active entries (in row-major order), not for all rows·n.
+        With a hierarchy, the tree's non-leaf entries of the Bernoulli draw are replaced by "any child
+        active" (bottom-up) before the magnitudes are drawn.
         """
         cfg = self.config
         shape = (rows, cfg.n_features)
         active = torch.rand(shape, generator=gen, device=self.device) < (1 - cfg.S)
+        if self.hierarchy is not None:
+            impose_hierarchy(active, self.hierarchy)
         out = torch.zeros(shape, device=self.device, dtype=self.dtype)
         magnitude = torch.empty(int(active.sum()), device=self.device, dtype=self.dtype)
         magnitude.exponential_(1.0, generator=gen)
