@@ -16,19 +16,26 @@ from sdlkit.model import ModelConfig, SparseDictionary
 @pytest.fixture(scope="module")
 def theory_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("theory") / "out"
-    argv = ["theory", "--quick", "--only", "example-3.5,thm-3.6,thm-3.4,thm-3.1,thm-3.3", "--out", str(out)]
+    argv = ["theory", "--quick", "--only", "example-3.5,thm-3.6,thm-3.4,thm-3.1,thm-3.3,thm-3.8", "--out", str(out)]
     assert main(argv) == 0
     return out
 
 
 def test_math_checks_write_the_promised_schema_and_verdicts(theory_out):
     results = json.loads((theory_out / "results.json").read_text())
-    assert [r["check"] for r in results] == ["example-3.5", "thm-3.6", "thm-3.4", "thm-3.1", "thm-3.3"]
+    assert [r["check"] for r in results] == ["example-3.5", "thm-3.6", "thm-3.4", "thm-3.1", "thm-3.3", "thm-3.8"]
     for r in results:
         assert {"check", "claim", "holds", "figures"} <= set(r) and isinstance(r["holds"], bool)
     verdicts = {r["check"]: r["holds"] for r in results}
     # Example 3.5, Thm 3.4, 3.1 and 3.3 hold; Thm 3.6's literal recipe is not stationary
-    assert verdicts == {"example-3.5": True, "thm-3.6": False, "thm-3.4": True, "thm-3.1": True, "thm-3.3": True}
+    assert verdicts == {
+        "example-3.5": True,
+        "thm-3.6": False,
+        "thm-3.4": True,
+        "thm-3.1": True,
+        "thm-3.3": True,
+        "thm-3.8": True,
+    }
     figures = {r["check"]: r["figures"] for r in results}
     assert figures["example-3.5"]["grad_norm"] < 1e-6 and figures["example-3.5"]["gd_min_final_loss"] >= 0.99
     assert figures["thm-3.6"]["partitions_checked"] == 60
@@ -36,6 +43,7 @@ def test_math_checks_write_the_promised_schema_and_verdicts(theory_out):
         figures["thm-3.6"]["corrected_construction_ok"] > 0 and figures["thm-3.6"]["corrected_worst_grad_norm"] < 1e-5
     )
     assert figures["thm-3.4"]["approx_loss"] < 1e-8 and figures["thm-3.4"]["gt_recovery_encoder"] == 0
+    assert figures["thm-3.8"]["realised_with_one_shared_threshold"] < figures["thm-3.8"]["cases"]
     report = (theory_out / "report.md").read_text()
     assert "| `thm-3.6` | **does not hold** |" in report and "| `thm-3.3` | holds |" in report
     assert (theory_out / "thm31_loss_gap.png").is_file() and (theory_out / "thm33_bounds.png").is_file()

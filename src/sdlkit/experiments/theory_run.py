@@ -16,7 +16,7 @@ from typing import Any
 from sdlkit.errors import ConfigError
 from sdlkit.io import write_json_atomically
 
-CHECK_ORDER = ["example-3.5", "thm-3.6", "thm-3.4", "thm-3.1", "thm-3.3", "absorption", "resampling"]
+CHECK_ORDER = ["example-3.5", "thm-3.6", "thm-3.4", "thm-3.1", "thm-3.3", "thm-3.8", "absorption", "resampling"]
 
 
 def _checks(quick: bool, device: str, seed: int, out: Path) -> dict[str, Callable[[], dict[str, Any]]]:
@@ -31,6 +31,7 @@ def _checks(quick: bool, device: str, seed: int, out: Path) -> dict[str, Callabl
         "thm-3.4": lambda: math_checks.thm34_check(seed),
         "thm-3.1": lambda: math_checks.thm31_check(seed, out / "thm31_loss_gap.png", quick),
         "thm-3.3": lambda: math_checks.thm33_check(seed, out / "thm33_bounds.png"),
+        "thm-3.8": lambda: math_checks.thm38_check(seed, n_cases=100 if quick else 500),
         "absorption": lambda: trained.absorption_check(quick, device, seeds, out / "absorption.png"),
         "resampling": lambda: trained.resampling_check(quick, device, paired, out / "resampling.png"),
     }
