@@ -230,7 +230,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         overrides=args.set,
     )
-    print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
 

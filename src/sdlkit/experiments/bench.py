@@ -31,6 +31,7 @@ from sdlkit.data import LRBSource, build_source
 from sdlkit.errors import ConfigError
 from sdlkit.io import save_tensors, write_json_atomically
 from sdlkit.recovery import best_match, dictionary_recovery, recovery_curve
+from sdlkit.report import format_table
 from sdlkit.train import Trainer
 from sdlkit.train.checkpoint import list_checkpoints
 
@@ -451,4 +452,25 @@ def run_bench(
         write_json_atomically(out / "results.json", records)
     wall = time.perf_counter() - started
     write_report(out, spec, records, wall)
+    print(summary_table(records))
+    print(f"{len(plans)} runs, {wall:.0f} s; the full comparison with the paper is in {out / 'report.md'}")
     return records
+
+
+def summary_table(records: list[dict[str, Any]]) -> str:
+    """One line per run for the terminal: recovery (encoder and decoder), reconstruction, sparsity."""
+    rows = [
+        {
+            "run": r["run_id"],
+            "M_GT": f"{r['gt_recovery']:.1%}",
+            "M_IP": f"{r['max_inner_product']:.3f}",
+            "M_GT dec": f"{r['gt_recovery_decoder']:.1%}",
+            "M_IP dec": f"{r['max_inner_product_decoder']:.3f}",
+            "mse": r["mse"],
+            "fvu": r["fvu"],
+            "l0": r["l0"],
+            "dead": f"{r['dead_fraction']:.1%}",
+        }
+        for r in records
+    ]
+    return format_table(rows, list(rows[0])) if rows else "(no runs)"
