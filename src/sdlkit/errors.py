@@ -10,6 +10,8 @@ import re
 import typing
 from typing import Any
 
+import torch
+
 
 class SdlkitError(ValueError):
     """A problem in the user's input (config, tensors, files): the message names it and the fix."""
@@ -76,3 +78,18 @@ def _model_in(annotation: Any) -> Any:
         if found is not None:
             return found
     return None
+
+
+def check_matrix(name: str, W: object, rows: int | None = None, cols: int | None = None) -> torch.Tensor:
+    """`W` as a floating-point 2-D tensor, with the given rows/cols when they are set (else ShapeError)."""
+    if not isinstance(W, torch.Tensor):
+        raise ShapeError(f"{name} must be a torch.Tensor, got {type(W).__name__}")
+    if W.ndim != 2:
+        raise ShapeError(f"{name} has shape {tuple(W.shape)}; a 2-D matrix is needed")
+    if not W.is_floating_point():
+        raise ShapeError(f"{name} has dtype {W.dtype}; a floating-point tensor is needed")
+    if rows is not None and W.shape[0] != rows:
+        raise ShapeError(f"{name} has shape {tuple(W.shape)}; it needs {rows} rows")
+    if cols is not None and W.shape[1] != cols:
+        raise ShapeError(f"{name} has shape {tuple(W.shape)}; it needs {cols} columns")
+    return W

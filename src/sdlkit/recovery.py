@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from sdlkit.errors import ConfigError, ShapeError
+from sdlkit.errors import ConfigError, ShapeError, check_matrix
 from sdlkit.model import SparseDictionary
 
 __all__ = [
@@ -47,24 +47,14 @@ _EPS = 1e-12
 
 
 # ----- helpers ------------------------------------------------------------------------------------
-def _check_matrix(name: str, x: object) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise ShapeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 2:
-        raise ShapeError(f"{name} has shape {tuple(x.shape)}; a 2-D matrix is needed")
-    if not x.is_floating_point():
-        raise ShapeError(f"{name} has dtype {x.dtype}; a floating-point tensor is needed")
-    return x
-
-
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """float64 if any input is float64, else float32 (bfloat16/float16 are upcast)."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def _check_pair(learned: object, truth: object) -> tuple[torch.Tensor, torch.Tensor]:
-    learned = _check_matrix("learned", learned)
-    truth = _check_matrix("truth", truth)
+    learned = check_matrix("learned", learned)
+    truth = check_matrix("truth", truth)
     if learned.shape[1] != truth.shape[0]:
         raise ShapeError(
             f"learned has shape {tuple(learned.shape)} (rows of width {learned.shape[1]}) but truth has shape "
@@ -316,7 +306,7 @@ def dictionary_recovery(
       from a one-to-one Hungarian matching (see `matched_scores`) of the non-excluded features.
     """
     for name, W, width, side in (("W_p", W_p, model.n_in, "n_in"), ("W_r", W_r, model.n_out, "n_out")):
-        _check_matrix(name, W)
+        check_matrix(name, W)
         if W.shape[0] != width:
             raise ShapeError(f"{name} has shape {tuple(W.shape)}; this dictionary needs [{side} = {width}, n_features]")
     if W_p.shape[1] != W_r.shape[1]:

@@ -70,14 +70,8 @@ def plot_grouped_bars(groups: list[str], series: dict[str, list[float]], path, t
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
         ax.bar(xs, values, width, label=name, color=f"C{j}", hatch="//" if "FA" in name else None, alpha=0.9)
     ax.set_xticks(range(len(groups)), groups, rotation=20)
-    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.05)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, ax, path, title, ylabel)
 
 
 def plot_lines(xs: list[str], series: dict[str, list[float]], path, title: str, ylabel: str) -> None:
@@ -88,9 +82,41 @@ def plot_lines(xs: list[str], series: dict[str, list[float]], path, title: str, 
     for name, values in series.items():
         colour = colours.setdefault(name.removesuffix(" + FA"), f"C{len(colours) % 10}")
         ax.plot(xs, values, "--o" if name.endswith("+ FA") else "-o", color=colour, label=name, markersize=4)
-    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.05)
-    ax.grid(alpha=0.3)
+    _finish(fig, ax, path, title, ylabel)
+
+
+def plot_xy(
+    xs: list[float],
+    series: dict[str, list[float]],
+    path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    log: str = "",
+    vline: tuple[float, str] | None = None,
+) -> None:
+    """Lines over numeric `xs`, one per series; `log` holds 'x' and/or 'y' for log axes; `vline` is
+    (x, label) for a marked threshold."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for j, (name, values) in enumerate(series.items()):
+        ax.plot(xs, values, ["o-", "s--", "^:"][j % 3], label=name)
+    if "x" in log:
+        ax.set_xscale("log")
+    if "y" in log:
+        ax.set_yscale("log")
+    if vline is not None:
+        ax.axvline(vline[0], color="grey", linestyle=":", label=vline[1])
+    ax.set_xlabel(xlabel)
+    _finish(fig, ax, path, title, ylabel)
+
+
+def _finish(fig, ax, path, title: str, ylabel: str) -> None:
+    """The common end of every figure: labels, grid, legend, title, PNG on disk, figure closed."""
+    plt = _pyplot()
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     ax.set_title(title)
     fig.tight_layout()

@@ -17,7 +17,7 @@ from sdlkit.data.features import make_feature_matrix
 from sdlkit.data.lrb import LRBConfig, LRBSource
 from sdlkit.errors import ConfigError
 from sdlkit.recovery import best_match, gt_recovery
-from sdlkit.report import format_table
+from sdlkit.report import format_table, plot_xy
 from sdlkit.theory import (
     absorption_configuration,
     activation_pattern,
@@ -220,22 +220,16 @@ def thm31_check(seed: int, plot_path: Path | None = None, quick: bool = True) ->
         "plots": [],
     }
     if plot_path is not None:
-        from sdlkit.report import _pyplot
-
-        plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        xs = [r["1-S"] for r in rows]
-        ax.loglog(xs, [r["gap"] for r in rows], "o-", label="|L − L̃| (measured)")
-        ax.loglog(xs, [r["bound"] for r in rows], "s--", label="n² C (1 − S)² (bound)")
-        ax.axvline(1 / n, color="grey", linestyle=":", label="1 − S = 1/n")
-        ax.set_xlabel("activation probability 1 − S")
-        ax.set_ylabel("loss gap")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend()
-        ax.set_title(f"Thm 3.1 on n = {n} features")
-        fig.tight_layout()
-        fig.savefig(plot_path, dpi=120)
-        plt.close(fig)
+        plot_xy(
+            [r["1-S"] for r in rows],
+            {"|L − L̃| (measured)": [r["gap"] for r in rows], "n² C (1 − S)² (bound)": [r["bound"] for r in rows]},
+            plot_path,
+            f"Thm 3.1 on n = {n} features",
+            "activation probability 1 − S",
+            "loss gap",
+            log="xy",
+            vline=(1 / n, "1 − S = 1/n"),
+        )
         record["plots"].append(plot_path.name)
     return record
 
@@ -267,21 +261,15 @@ def thm33_check(seed: int, plot_path: Path | None = None) -> dict[str, Any]:
         "plots": [],
     }
     if plot_path is not None:
-        from sdlkit.report import _pyplot
-
-        plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        xs = [r["M"] for r in rows]
-        for key, style in (("L_tilde", "o-"), ("sharp_bound", "s--"), ("coarse_bound", "^:")):
-            ax.semilogy(xs, [r[key] for r in rows], style, label=key.replace("_", " "))
-        ax.set_xlabel("maximum interference M")
-        ax.set_ylabel("approximate loss L̃")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend()
-        ax.set_title(f"Thm 3.3 on n = {n} features in {n_p} dims")
-        fig.tight_layout()
-        fig.savefig(plot_path, dpi=120)
-        plt.close(fig)
+        plot_xy(
+            [r["M"] for r in rows],
+            {key.replace("_", " "): [r[key] for r in rows] for key in ("L_tilde", "sharp_bound", "coarse_bound")},
+            plot_path,
+            f"Thm 3.3 on n = {n} features in {n_p} dims",
+            "maximum interference M",
+            "approximate loss L̃",
+            log="y",
+        )
         record["plots"].append(plot_path.name)
     return record
 

@@ -24,6 +24,25 @@ def _train(values: dict[str, Any], source=None, run_dir: Path | None = None):
     return result, source
 
 
+def quick_run(data: dict[str, Any], method: dict[str, Any], steps: int, seed: int, device: str, **train: Any):
+    """The run config both trained checks use: the bench's quick scale (512 latents, batches of 1024, lr
+    1e-3 with a 5% warm-up) on `data`, plus `train` overrides."""
+    return {
+        "data": data,
+        "model": {"n_latents": 512, "method": method},
+        "train": {
+            "steps": steps,
+            "batch_size": 1024,
+            "lr": 1e-3,
+            "lr_warmup_steps": steps // 20,
+            "progress": False,
+            **train,
+        },
+        "seed": seed,
+        "device": device,
+    }
+
+
 def resampling_check(
     quick: bool, device: str, seeds: list[int], plot_path: Path | None = None, steps: int | None = None
 ) -> dict[str, Any]:
@@ -41,30 +60,21 @@ def resampling_check(
         "auxk": {},
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
-    source = None
     for seed in seeds:
+        source = None  # one data source per seed, shared by the three variants
         for name, extra in variants.items():
             method = {"name": "topk", "k": 6, **({"auxk": {}} if name == "auxk" else {})}
-            values = {
-                "data": {"preset": "quick", "seed": seed},
-                "model": {"n_latents": 512, "method": method},
-                "train": {
-                    "steps": steps,
-                    "batch_size": 1024,
-                    "lr": 1e-3,
-                    "lr_warmup_steps": steps // 20,
-                    "dead_window": 20 * 1024,
-                    "log_every": max(1, steps // 30),
-                    "progress": False,
-                    **extra,
-                },
-                "seed": seed,
-                "device": device,
-            }
-            if source is None or source.config.seed != seed:
-                result, source = _train(values)
-            else:
-                result, _ = _train(values, source)
+            values = quick_run(
+                {"preset": "quick", "seed": seed},
+                method,
+                steps,
+                seed,
+                device,
+                dead_window=20 * 1024,
+                log_every=max(1, steps // 30),
+                **extra,
+            )
+            result, source = _train(values, source)
             truth = source.ground_truth()
             recovery = dictionary_recovery(result.model, truth["W_p"], truth["W_r"])
             runs[name].append(
@@ -188,21 +198,15 @@ def absorption_check(
     for seed in seeds:
         source = None
         for name, method in ABSORPTION_METHODS.items():
-            values = {
-                "data": {"preset": "quick", "hierarchy": hierarchy, "seed": seed},
-                "model": {"n_latents": 512, "method": method},
-                "train": {
-                    "steps": steps,
-                    "batch_size": 1024,
-                    "lr": 1e-3,
-                    "lr_warmup_steps": steps // 20,
-                    "dead_window": 100 * 1024,
-                    "log_every": steps,
-                    "progress": False,
-                },
-                "seed": seed,
-                "device": device,
-            }
+            values = quick_run(
+                {"preset": "quick", "hierarchy": hierarchy, "seed": seed},
+                method,
+                steps,
+                seed,
+                device,
+                dead_window=100 * 1024,
+                log_every=steps,
+            )
             result, source = _train(values, source)
             rates = absorption_rates(result.model, source, n_samples=32768)
             truth = source.ground_truth()

@@ -6,25 +6,10 @@ from collections.abc import Callable
 
 import torch
 
-from sdlkit.errors import ConfigError, ShapeError
+from sdlkit.errors import ConfigError, ShapeError, check_matrix
 
 Sigma = Callable[[torch.Tensor], torch.Tensor]
 """σ: pre-activations [batch, n_q] → codes [batch, n_q] (an sdlkit Activation or any function)."""
-
-
-def check_matrix(name: str, W: object, rows: int | None = None, cols: int | None = None) -> torch.Tensor:
-    """`W` as a finite floating-point 2-D tensor, with the given rows/cols when they are set."""
-    if not isinstance(W, torch.Tensor):
-        raise ShapeError(f"{name} must be a torch.Tensor, got {type(W).__name__}")
-    if W.ndim != 2:
-        raise ShapeError(f"{name} has shape {tuple(W.shape)}; a 2-D matrix is needed")
-    if not W.is_floating_point():
-        raise ShapeError(f"{name} has dtype {W.dtype}; a floating-point tensor is needed")
-    if rows is not None and W.shape[0] != rows:
-        raise ShapeError(f"{name} has shape {tuple(W.shape)}; it needs {rows} rows")
-    if cols is not None and W.shape[1] != cols:
-        raise ShapeError(f"{name} has shape {tuple(W.shape)}; it needs {cols} columns")
-    return W
 
 
 def check_features(W_p: torch.Tensor, W_r: torch.Tensor | None = None) -> int:

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from sdlkit.errors import ConfigError
-from sdlkit.theory._util import Sigma, check_features, check_matrix, check_unit_columns
+from sdlkit.errors import ConfigError, check_matrix
+from sdlkit.theory._util import Sigma, check_features, check_unit_columns
 from sdlkit.theory.patterns import activation_pattern
 
 _TIE = 1e-9

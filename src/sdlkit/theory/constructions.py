@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from sdlkit.activations.topk import TopK
-from sdlkit.errors import ConfigError
-from sdlkit.theory._util import check_features, check_matrix, check_unit_columns, moments_vector, realise_preactivations
+from sdlkit.errors import ConfigError, check_matrix
+from sdlkit.theory._util import check_features, check_unit_columns, moments_vector, realise_preactivations
 from sdlkit.theory.loss import approx_loss
 
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 import torch
 
 from sdlkit.data.lrb import LRBConfig
-from sdlkit.errors import ConfigError
-from sdlkit.theory._util import Sigma, check_features, check_matrix, moments_vector
+from sdlkit.errors import ConfigError, check_matrix
+from sdlkit.theory._util import Sigma, check_features, moments_vector
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(W_E, W_D) → scalar loss, e.g. `lambda E, D: approx_loss(E, D, W_p, W_r, M, sigma)`."""

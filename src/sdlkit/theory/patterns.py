@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from sdlkit.errors import ShapeError
-from sdlkit.theory._util import Sigma, check_features, check_matrix
+from sdlkit.errors import ShapeError, check_matrix
+from sdlkit.theory._util import Sigma, check_features
 
 
 @torch.no_grad()
