@@ -41,9 +41,9 @@ from sdlkit.theory import (
 F64 = torch.float64
 
 
-def _unit_columns(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
-    W = torch.randn(rows, cols, generator=generator, dtype=F64)
-    return W / W.norm(dim=0, keepdim=True)
+def _gaussian_unit_columns(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
+    """Random unit-norm columns: `make_feature_matrix` with M = 1 (no interference bound) is exactly that."""
+    return make_feature_matrix(rows, cols, 1.0, generator=generator, dtype=F64)
 
 
 def example_35_check(seed: int, n_starts: int = 20, steps: int = 200, lr: float = 0.05) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def thm36_check(seed: int, n_partitions: int = 60) -> dict[str, Any]:
     for _ in range(n_partitions):
         n = int(torch.randint(4, 33, (1,), generator=generator))
         n_p, n_q = n + int(torch.randint(0, 9, (1,), generator=generator)), n + 2
-        W_p, W_r = _unit_columns(n_p, n, generator), _unit_columns(n_p, n, generator)
+        W_p, W_r = _gaussian_unit_columns(n_p, n, generator), _gaussian_unit_columns(n_p, n, generator)
         M = 0.5 + torch.rand(n, generator=generator, dtype=F64)
         partition = random_partition(n, int(torch.randint(1, n, (1,), generator=generator)), generator)
 
@@ -141,7 +141,7 @@ def thm34_check(seed: int) -> dict[str, Any]:
     """4 ground-truth features, n_q = 8 > n: a dictionary with L̃ < 1e-8 that recovers no feature."""
     generator = torch.Generator().manual_seed(seed)
     n, n_p, n_q = 4, 6, 8
-    W_p = _unit_columns(n_p, n, generator)
+    W_p = _gaussian_unit_columns(n_p, n, generator)
     W_r = W_p.clone()
     M = feature_moments(0.99, 0.5, 0.5, n)
     E, D = zero_loss_non_identifiable(W_p, W_r, n_q)
