@@ -8,8 +8,7 @@ from sdlkit.objective import AuxK, L1Penalty, Objective, PrefixReconstruction, T
 
 
 def context(model, x, dead=None, step=0) -> TermContext:
-    out = model(x)
-    return TermContext(x_p=x, x_r=x, z=out.z, x_q=out.x_q, x_hat=out.x_hat, model=model, step=step, dead=dead)
+    return TermContext.from_forward(model(x), x, x, model, step, dead)
 
 
 def test_l1_weighted_by_decoder_norms_and_warmed_up():

@@ -9,11 +9,14 @@ the per-source widths so penalties and metrics can see them).
 
 No pre-encoder bias subtraction: σ(W_E(x − b_D) + b_E) = σ(W_E x + b'_E) is the same function, and
 the unified form must also serve transcoders, whose x_p and x_r live in different spaces.
+
+Two kernels compute the same function: 'dense' (the reference: x_q is a [B, n_latents] tensor) and,
+for the TopK family, 'sparse' (sdlkit.kernels: x_q is kept as its active entries, the decoder reads
+only their columns, and the backward never builds a [B, n_latents] gradient).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -23,6 +26,7 @@ from torch.nn import functional as F
 
 from sdlkit.activations import MethodConfig, method_config
 from sdlkit.errors import ConfigError, ShapeError
+from sdlkit.kernels import SparseCodes, SparsePattern, decode_entries, encode_entries
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
@@ -52,11 +56,29 @@ class ModelConfig(BaseModel):
     dtype: Literal["float32", "float64", "bfloat16"] = "float32"
     method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_config("topk"))
     """σ and its loss terms, e.g. {name: topk, k: 32}."""
+    kernel: Literal["auto", "dense", "sparse"] = "auto"
+    """How the forward and backward are computed (same function either way): 'dense' with
+    [B, n_latents] codes (the reference); 'sparse' from the active entries alone (TopK family only,
+    several times faster at large n_latents); 'auto' = sparse for the TopK family, dense otherwise."""
 
     @field_validator("method", mode="before")
     @classmethod
     def _method(cls, value: Any) -> MethodConfig:
         return method_config(value)
+
+    @model_validator(mode="after")
+    def _kernel(self) -> ModelConfig:
+        if self.kernel == "sparse" and not self.method.topk_family:
+            raise ValueError(
+                f"kernel = 'sparse' needs a TopK-family method (topk, batchtopk, matryoshka) but method is "
+                f"{self.method.name}; use kernel auto or dense"
+            )
+        return self
+
+    @property
+    def sparse_kernel(self) -> bool:
+        """Whether training uses the sparse kernel ('auto' resolved)."""
+        return self.kernel == "sparse" or (self.kernel == "auto" and self.method.topk_family)
 
     @model_validator(mode="after")
     def _blocks(self) -> ModelConfig:
@@ -77,13 +99,36 @@ class ModelConfig(BaseModel):
         return DTYPES[self.dtype]
 
 
-@dataclass
 class Forward:
-    """One forward pass. z, x_q [B, n_latents]; x_hat [B, n_out]."""
+    """One forward pass. z, x_q [B, n_latents]; x_hat [B, n_out].
 
-    z: torch.Tensor
-    x_q: torch.Tensor
-    x_hat: torch.Tensor
+    From the sparse kernel: `codes` holds x_q's entries, z carries no gradient, and `x_q` is built
+    from `codes` (with its gradient) only when first read. `fired()` and `count_nonzero()` work on
+    either form without building it."""
+
+    def __init__(
+        self, z: torch.Tensor, x_q: torch.Tensor | None, x_hat: torch.Tensor, codes: SparseCodes | None = None
+    ):
+        if x_q is None and codes is None:
+            raise ValueError("a Forward needs x_q or codes")
+        self.z = z
+        self._x_q = x_q
+        self.x_hat = x_hat
+        self.codes = codes
+
+    @property
+    def x_q(self) -> torch.Tensor:
+        if self._x_q is None:
+            self._x_q = self.codes.to_dense()
+        return self._x_q
+
+    def fired(self) -> torch.Tensor:
+        """bool [n_latents]: latents with a non-zero code in some sample of the batch."""
+        return self.codes.fired() if self.codes is not None else (self.x_q.detach() != 0).any(dim=0)
+
+    def count_nonzero(self) -> torch.Tensor:
+        """Non-zero codes in the batch (0-dim tensor): B times the mean L0."""
+        return self.codes.count_nonzero() if self.codes is not None else torch.count_nonzero(self.x_q.detach())
 
 
 class SparseDictionary(nn.Module):
@@ -104,7 +149,9 @@ class SparseDictionary(nn.Module):
         if not config.unit_norm_decoder:
             W_D = W_D * config.init_decoder_norm
         if n_in == n_out:
-            W_E = W_D.T.clone()  # encoder initialised as the decoder's transpose
+            # Encoder initialised as the decoder's transpose; contiguous, because fused Adam assumes a
+            # parameter, its gradient and its moments share one memory layout (a resumed state is contiguous).
+            W_E = W_D.T.contiguous()
         else:  # transcoder with n_in ≠ n_out: no transpose exists; same row norms, random directions
             W_E = torch.randn(n_latents, n_in, generator=generator, dtype=torch.float64)
             W_E = W_E / W_E.norm(dim=1, keepdim=True) * W_D.norm(dim=0)[:, None]
@@ -150,9 +197,31 @@ class SparseDictionary(nn.Module):
         return F.linear(x_q, self.W_D, self.b_D)
 
     def forward(self, x_p: torch.Tensor) -> Forward:
+        if self.config.sparse_kernel:
+            return self._sparse_forward(x_p)
         z = self.pre_activations(x_p)
         x_q = self.activation(z)
         return Forward(z=z, x_q=x_q, x_hat=self.decode(x_q))
+
+    def _sparse_forward(self, x_p: torch.Tensor) -> Forward:
+        """The sparse kernel: z without autograd (only to choose the entries; nothing keeps it for the
+        backward, so it is freed with the Forward), then codes and x̂ from the entries alone."""
+        with torch.no_grad():
+            z = self.pre_activations(x_p)
+            pattern = self.activation.select(z)
+        codes = SparseCodes(pattern, self.encode_entries(x_p, z, pattern))
+        return Forward(z=z, x_q=None, x_hat=self.decode_entries(codes.values, pattern), codes=codes)
+
+    def encode_entries(self, x_p: torch.Tensor, z: torch.Tensor, pattern: SparsePattern) -> torch.Tensor:
+        """ReLU(z) at `pattern` [nnz] with the encoder's gradient; z [B, n_latents] = the (gradient-free)
+        pre-activations of x_p [B, n_in]. The TopK family's σ on its selected entries (eq. 10)."""
+        pre = z[pattern.rows, pattern.latents].to(self.W_E.dtype)
+        x_p = x_p.to(self.W_E.dtype)
+        return encode_entries(pre, x_p, self.W_E, self.b_E, pattern).relu()
+
+    def decode_entries(self, values: torch.Tensor, pattern: SparsePattern, bias: bool = True) -> torch.Tensor:
+        """W_D x_q (+ b_D) for codes given as `values` [nnz] at `pattern`: [pattern.n_rows, n_out]."""
+        return decode_entries(values, self.W_D, self.b_D if bias else None, pattern)
 
     # ----- decoder geometry ---------------------------------------------------------------------
     def decoder_norms(self) -> torch.Tensor:

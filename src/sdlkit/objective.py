@@ -6,31 +6,67 @@ Every term sees the same `TermContext` (the batch, the forward pass, the model, 
 dead-latent mask) and returns a scalar. A method contributes its terms through its config's
 `build_terms()`; the trainer only sums what it is given, so there is no per-method branching here.
 Terms that belong to one σ alone (JumpReLU's L0 surrogate, Gated's auxiliary loss) live beside that σ.
+
+From the sparse kernel (sdlkit.kernels) the context carries `codes`, x_q's active entries; the terms
+of the TopK family read those, and any other term still gets a dense x_q (built on first use).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from sdlkit.kernels import SparsePattern
+
 if TYPE_CHECKING:
-    from sdlkit.model import SparseDictionary
+    from sdlkit.kernels import SparseCodes
+    from sdlkit.model import Forward, SparseDictionary
 
 
-@dataclass
 class TermContext:
-    """What a loss term may read. Shapes: x_p [B, n_in], x_r/x_hat [B, n_out], z/x_q [B, n_latents]."""
+    """What a loss term may read. Shapes: x_p [B, n_in], x_r/x_hat [B, n_out], z/x_q [B, n_latents].
 
-    x_p: torch.Tensor
-    x_r: torch.Tensor
-    z: torch.Tensor
-    x_q: torch.Tensor
-    x_hat: torch.Tensor
-    model: SparseDictionary
-    step: int = 0
-    dead: torch.Tensor | None = None  # bool [n_latents]: latents that have not fired for the dead window
+    `dead`: bool [n_latents], latents that have not fired for the dead window. `codes`: x_q's entries
+    when the forward used the sparse kernel; z then carries no gradient, and x_q (None may be given)
+    is built from `codes` on first read."""
+
+    def __init__(
+        self,
+        x_p: torch.Tensor,
+        x_r: torch.Tensor,
+        z: torch.Tensor,
+        x_q: torch.Tensor | None,
+        x_hat: torch.Tensor,
+        model: SparseDictionary,
+        step: int = 0,
+        dead: torch.Tensor | None = None,
+        codes: SparseCodes | None = None,
+    ):
+        if x_q is None and codes is None:
+            raise ValueError("a TermContext needs x_q or codes")
+        self.x_p, self.x_r, self.z, self._x_q, self.x_hat = x_p, x_r, z, x_q, x_hat
+        self.model, self.step, self.dead, self.codes = model, step, dead, codes
+
+    @classmethod
+    def from_forward(
+        cls,
+        out: Forward,
+        x_p: torch.Tensor,
+        x_r: torch.Tensor,
+        model: SparseDictionary,
+        step: int = 0,
+        dead: torch.Tensor | None = None,
+    ) -> TermContext:
+        """The context of a forward pass `out` of `model` on the batch (x_p, x_r), either kernel."""
+        x_q = None if out.codes is not None else out.x_q
+        return cls(x_p, x_r, out.z, x_q, out.x_hat, model, step, dead, out.codes)
+
+    @property
+    def x_q(self) -> torch.Tensor:
+        if self._x_q is None:
+            self._x_q = self.codes.to_dense()
+        return self._x_q
 
 
 class Term(Protocol):
@@ -78,10 +114,17 @@ class L1Penalty:
         return ctx.x_q
 
     def __call__(self, ctx: TermContext) -> torch.Tensor:
+        coefficient = warmed_up(self.coefficient, self.warmup_steps, ctx.step)
+        weights = ctx.model.decoder_norms() if self.weight_by_decoder_norm else None
+        if ctx.codes is not None and type(self).activations is L1Penalty.activations:  # the penalty is on x_q
+            acts = ctx.codes.values.abs()
+            if weights is not None:
+                acts = acts * weights[ctx.codes.pattern.latents]
+            return coefficient * acts.sum() / ctx.x_hat.shape[0]
         acts = self.activations(ctx).abs()
-        if self.weight_by_decoder_norm:
-            acts = acts * ctx.model.decoder_norms()
-        return warmed_up(self.coefficient, self.warmup_steps, ctx.step) * acts.sum(dim=-1).mean()
+        if weights is not None:
+            acts = acts * weights
+        return coefficient * acts.sum(dim=-1).mean()
 
 
 class PrefixReconstruction:
@@ -98,6 +141,8 @@ class PrefixReconstruction:
         self.weights = weights
 
     def __call__(self, ctx: TermContext) -> torch.Tensor:
+        if ctx.codes is not None:
+            return self._sparse(ctx)
         model = ctx.model
         partial = torch.zeros_like(ctx.x_r) if model.b_D is None else model.b_D.expand_as(ctx.x_r)
         total = ctx.x_r.new_zeros(())
@@ -107,6 +152,22 @@ class PrefixReconstruction:
             total = total + weight * squared_error(ctx.x_r, partial).mean()
             start = stop
         return total
+
+    def _sparse(self, ctx: TermContext) -> torch.Tensor:
+        """The same sum from the code entries: one decode into a bag per (sample, prefix group), then a
+        cumulative sum over the groups gives every prefix's reconstruction."""
+        model, codes = ctx.model, ctx.codes
+        pattern = codes.pattern
+        n_groups = len(self.prefixes)
+        bounds = torch.tensor(self.prefixes, device=pattern.latents.device)
+        group = torch.searchsorted(bounds, pattern.latents, right=True)  # latents ascend in a row: CSR order kept
+        groups = pattern.with_rows(pattern.rows * n_groups + group, pattern.n_rows * n_groups)
+        parts = model.decode_entries(codes.values, groups, bias=False).view(pattern.n_rows, n_groups, -1)
+        partial = parts.cumsum(dim=1)
+        if model.b_D is not None:
+            partial = partial + model.b_D
+        errors = (ctx.x_r[:, None, :] - partial).pow(2).sum(dim=-1).mean(dim=0)  # [n_groups]
+        return (errors * errors.new_tensor(self.weights)).sum()
 
 
 class AuxK:
@@ -127,6 +188,8 @@ class AuxK:
     def __call__(self, ctx: TermContext) -> torch.Tensor:
         if ctx.dead is None:
             return ctx.x_r.new_zeros(())
+        if ctx.codes is not None:
+            return self._sparse(ctx)
         k = min(self.k_aux, ctx.z.shape[-1])
         # Alive latents are pushed to -inf so top-k picks dead ones; with fewer than k dead latents
         # the rest of the picks are -inf, which relu turns into exact zeros.
@@ -140,6 +203,22 @@ class AuxK:
         loss = squared_error(residual, e_hat).mean() / variance
         # No dead latent: the term is exactly zero without a host sync to test for it.
         return self.coefficient * loss * ctx.dead.any()
+
+    def _sparse(self, ctx: TermContext) -> torch.Tensor:
+        """The same loss from entries: top-k_aux of the dead latents' columns of z, encoded and decoded
+        by the sparse kernel (the dense form's -inf picks are exact zeros, so they are left out)."""
+        model = ctx.model
+        dead = ctx.dead.nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return ctx.x_r.new_zeros(())
+        z_dead = ctx.z.index_select(1, dead)
+        picks = z_dead.topk(min(self.k_aux, dead.numel()), dim=-1, sorted=False).indices
+        pattern = SparsePattern.from_rows(dead[picks], model.n_latents)
+        values = model.encode_entries(ctx.x_p, ctx.z, pattern)
+        residual = (ctx.x_r - ctx.x_hat).detach()
+        e_hat = model.decode_entries(values, pattern, bias=False)
+        variance = (residual - residual.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)
+        return self.coefficient * squared_error(residual, e_hat).mean() / variance
 
 
 class Objective:

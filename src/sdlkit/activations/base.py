@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from sdlkit.errors import ConfigError
+from sdlkit.kernels import SparsePattern
 from sdlkit.objective import AuxK, Reconstruction, Term
 
 
@@ -26,6 +27,11 @@ class Activation(nn.Module):
     def latent_parameters(self) -> dict[str, tuple[torch.Tensor, float]]:
         """Per-latent parameters (dim 0 indexes latents) and the value resampling resets them to."""
         return {}
+
+    def select(self, z: torch.Tensor) -> SparsePattern:
+        """The entries of z [B, n_latents] that σ keeps, for the sparse kernel: σ(z) = ReLU(z) there
+        and 0 elsewhere. Only the TopK family (`MethodConfig.topk_family`) implements it."""
+        raise NotImplementedError(f"{type(self).__name__} has no sparse kernel")
 
     def post_step(self) -> None:
         """Called after every optimiser step (e.g. to keep a parameter in its domain)."""
@@ -49,7 +55,8 @@ class MethodConfig(BaseModel):
 
     name: str
     topk_family: ClassVar[bool] = False
-    """True for σ that select a fixed number of latents (TopK, BatchTopK, Matryoshka): AuxK applies."""
+    """True for σ that select a fixed number of latents (TopK, BatchTopK, Matryoshka): AuxK applies,
+    and σ implements `Activation.select`, so the sparse kernel (sdlkit.kernels) can train it."""
 
     def build_activation(self, n_latents: int) -> Activation:
         raise NotImplementedError

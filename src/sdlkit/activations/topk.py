@@ -8,6 +8,7 @@ import torch
 from pydantic import Field
 
 from sdlkit.activations.base import Activation, AuxKConfig, MethodConfig, check_k, register_method
+from sdlkit.kernels import SparsePattern, batch_topk_pattern, threshold_pattern, topk_pattern
 
 
 def topk_per_sample(z: torch.Tensor, k: int) -> torch.Tensor:
@@ -25,6 +26,9 @@ class TopK(Activation):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return topk_per_sample(z, self.k)
+
+    def select(self, z: torch.Tensor) -> SparsePattern:
+        return topk_pattern(z, self.k)
 
 
 class BatchTopK(Activation):
@@ -47,6 +51,13 @@ class BatchTopK(Activation):
         values = values.relu()
         self._update_threshold(values.detach())
         return torch.zeros_like(flat).scatter(0, indices, values).reshape(z.shape)
+
+    def select(self, z: torch.Tensor) -> SparsePattern:
+        if not self.training:
+            return threshold_pattern(z, self.threshold.clamp_min(0))
+        pattern = batch_topk_pattern(z, min(self.k * z.shape[0], z.numel()))
+        self._update_threshold(z[pattern.rows, pattern.latents].detach().relu())
+        return pattern
 
     @torch.no_grad()
     def _update_threshold(self, kept: torch.Tensor) -> None:

@@ -38,6 +38,7 @@ RESUMABLE_CHANGES = {
     "train.keep_checkpoints",
     "train.progress",
     "device",
+    "model.kernel",  # dense and sparse kernels compute the same function
 }
 
 

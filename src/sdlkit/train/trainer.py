@@ -90,8 +90,8 @@ class Trainer:
         elif self.anchors is not None:
             apply_hard_anchors(self.model, self.anchors)
         self.objective = Objective(terms)
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.adam_eps
+        self.optimizer = torch.optim.Adam(  # fused: one kernel for all parameters (~15x faster on CPU)
+            self.model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.adam_eps, fused=True
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, self.cfg))
         self.dead = DeadLatents(config.model.n_latents, self.cfg.dead_window, self.device)
@@ -212,8 +212,8 @@ class Trainer:
             lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
             path.write_text("".join(line + "\n" for line in lines))
 
-    def _accumulate(self, parts: dict[str, torch.Tensor], loss: torch.Tensor, x_q: torch.Tensor) -> None:
-        values = {**parts, "loss": loss.detach(), "l0": torch.count_nonzero(x_q.detach()) / x_q.shape[0]}
+    def _accumulate(self, parts: dict[str, torch.Tensor], loss: torch.Tensor, l0: torch.Tensor) -> None:
+        values = {**parts, "loss": loss.detach(), "l0": l0}
         for key, value in values.items():
             self._acc[key] = self._acc.get(key, 0) + value.float()
         self._acc_steps += 1
@@ -250,17 +250,10 @@ class Trainer:
         model, dtype = self.model, self.model.W_E.dtype
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
             out = model(batch.x_p)
-            ctx = TermContext(
-                x_p=batch.x_p,
-                x_r=batch.x_r.to(dtype),
-                z=out.z,
-                x_q=out.x_q,
-                x_hat=out.x_hat,
-                model=model,
-                step=self.step,
-                dead=self.dead.dead,
-            )
+            ctx = TermContext.from_forward(out, batch.x_p, batch.x_r.to(dtype), model, self.step, self.dead.dead)
             loss, parts = self.objective(ctx)
+        fired, nonzeros = out.fired(), out.count_nonzero()
+        del out, ctx  # the sparse kernel's z [B, n_latents] is not needed by the backward: free it first
         if not torch.isfinite(loss):
             self._diverged(batch, "loss")
         self.optimizer.zero_grad(set_to_none=True)
@@ -277,8 +270,8 @@ class Trainer:
         model.post_step()
         if hard_anchors:
             apply_hard_anchors(model, self.anchors)
-        self.dead.update(out.x_q)
-        self._accumulate(parts, loss, out.x_q)
+        self.dead.update_fired(fired, len(batch))
+        self._accumulate(parts, loss, nonzeros / len(batch))
 
     def _maybe_resample(self) -> None:
         rs = self.cfg.resample
