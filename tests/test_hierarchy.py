@@ -131,11 +131,16 @@ def test_no_hierarchy_is_bit_identical() -> None:
         assert torch.equal(plain.codes(i, 128), explicit.codes(i, 128))
     assert torch.equal(plain.eval_codes(), explicit.eval_codes())
     stream = LRBSource(lrb_preset("tiny"))
-    # The plain recipe, written out: Bernoulli(1 − S) mask, then c_min + beta·Exp(1) in row-major order.
+    # The plain recipe, written out: the Bernoulli(1 − S) ones of the row-major [64, 26] grid as
+    # geometric gaps (one draw of 166.4 + 6·√166.4 + 64 gaps covers the 1664 entries), then
+    # c_min + beta·Exp(1) in row-major order.
     gen = stream._generator("train", 3)
-    active = torch.rand(64, 26, generator=gen) < 0.1
+    positions = torch.empty(307, dtype=torch.int64).geometric_(0.1, generator=gen).cumsum(0) - 1
+    assert positions[-1] >= 64 * 26
+    active = torch.zeros(64 * 26, dtype=torch.bool)
+    active[positions[positions < 64 * 26]] = True
     expected = torch.zeros(64, 26)
-    expected[active] = torch.empty(int(active.sum())).exponential_(1.0, generator=gen) * 0.5 + 0.5
+    expected[active.view(64, 26)] = torch.empty(int(active.sum())).exponential_(1.0, generator=gen) * 0.5 + 0.5
     assert torch.equal(stream.codes(3, 64), expected)
     dumped = lrb_preset("tiny").model_dump()
     assert dumped["hierarchy"] is None and LRBConfig.from_dict(dumped) == lrb_preset("tiny")

@@ -38,6 +38,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from torch.nn import functional as F
 
 from sdlkit.data.features import (
     DEFAULT_EPS,
@@ -249,6 +250,9 @@ def _derive_seed(*parts: object) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+_Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""Codes as CSR entries: row_ptr [rows + 1] (int64), col [nnz] (feature index), val [nnz] (magnitude)."""
+
 _SET_CHUNK = 4096
 """Rows drawn per generator when building the fixed training set (a constant, so the set is reproducible)."""
 
@@ -266,6 +270,10 @@ class LRBSource:
     (config.seed, stream name, index), so W_p, W_r, each training batch, each epoch's permutation, the
     fixed training set and the evaluation set never share random numbers, and batch `index` needs
     no earlier batch. Results are reproducible per device type (CPU and CUDA generators differ).
+
+    Cost: codes are drawn and kept as their active entries (CSR: row_ptr, col, val), and x_p = W_p x
+    is an embedding bag over the columns of W_p, so a batch costs O(active entries · n_in), not
+    O(batch · n · n_in); a dense [batch, n] code tensor is only built when `codes()` is asked for.
     """
 
     def __init__(self, config: LRBConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
@@ -301,38 +309,25 @@ class LRBSource:
         else:
             n_tree = self.hierarchy.n_tree
             self.true_l0 = (n - n_tree) * (1 - config.S) + self.hierarchy.expected_active(config.S)
-        self._eval: tuple[torch.Tensor, Batch] | None = None
+        self._columns = {"p": self.W_p.T.contiguous(), "r": self.W_r.T.contiguous()}  # [n, n_in], [n, n_out]
+        self._eval: tuple[_Entries, Batch] | None = None
         self._perms: dict[int, torch.Tensor] = {}
-        self._set: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._set: _Entries | None = None
         if config.n_samples is not None:
             self._set = self._build_training_set(config.n_samples)
 
     # ---- public API ----
     def codes(self, index: int, batch_size: int) -> torch.Tensor:
         """Sparse codes x [batch_size, n] of training batch `index` (dense tensor, zeros where inactive)."""
-        if index < 0 or batch_size < 1:
-            raise ConfigError(
-                f"batch index must be >= 0 and batch_size >= 1, got index={index}, batch_size={batch_size}"
-            )
-        if self._set is None:
-            return self._sample_codes(batch_size, self._generator("train", index))
-        N = self.config.n_samples
-        assert N is not None
-        positions = torch.arange(index * batch_size, (index + 1) * batch_size, device=self.device)
-        epochs = positions // N
-        rows = torch.empty_like(positions)
-        for epoch in range(int(epochs[0]), int(epochs[-1]) + 1):
-            sel = epochs == epoch
-            rows[sel] = self._permutation(epoch)[positions[sel] - epoch * N]
-        return self._set_rows(rows)
+        return self._dense(self._entries(index, batch_size))
 
     def batch(self, index: int, batch_size: int) -> Batch:
         """Training batch `index`: x_p = codes @ W_pᵀ, x_r = x_p (sae, crosscoder) or codes @ W_rᵀ."""
-        return self._to_batch(self.codes(index, batch_size))
+        return self._to_batch(self._entries(index, batch_size))
 
     def eval_codes(self) -> torch.Tensor:
-        """Codes [eval_size, n] of the fixed held-out set (its own seed stream; cached)."""
-        return self._eval_cache()[0]
+        """Codes [eval_size, n] of the fixed held-out set (its own seed stream)."""
+        return self._dense(self._eval_cache()[0])
 
     def eval_batch(self) -> Batch:
         """The fixed held-out evaluation set as a Batch (cached after the first call)."""
@@ -342,7 +337,7 @@ class LRBSource:
         """The whole fixed training set as dense codes [n_samples, n] (n_samples mode only; to inspect)."""
         if self._set is None:
             raise ConfigError("training_set_codes() needs data.n_samples to be set (this source is an infinite stream)")
-        return self._set_rows(torch.arange(self.config.n_samples or 0, device=self.device))
+        return self._dense(self._set_rows(torch.arange(self.config.n_samples or 0, device=self.device)))
 
     def sample_codes(self, n_samples: int, stream: str = "extra", index: int = 0) -> torch.Tensor:
         """`n_samples` fresh codes [n_samples, n] from the named seed stream (`stream`, `index`), e.g.
@@ -351,7 +346,7 @@ class LRBSource:
         arguments always give the same codes."""
         if n_samples < 1:
             raise ConfigError(f"n_samples must be >= 1, got {n_samples}")
-        return self._sample_codes(n_samples, self._generator(f"user:{stream}", index))
+        return self._dense(self._sample_entries(n_samples, self._generator(f"user:{stream}", index)))
 
     def ground_truth(self) -> dict[str, torch.Tensor]:
         """{"W_p": [n_in, n], "W_r": [n_out, n]}: separate contiguous tensors (safetensors refuses shared
@@ -365,33 +360,86 @@ class LRBSource:
         gen.manual_seed(_derive_seed(self.config.seed, stream, index))
         return gen
 
-    def _sample_codes(self, rows: int, gen: torch.Generator) -> torch.Tensor:
-        """x_d = Bernoulli(1 − S) · (c_min + beta · Exp(1)) for a [rows, n] block, drawn with `gen`.
+    def _entries(self, index: int, batch_size: int) -> _Entries:
+        """The active entries of training batch `index` (drawn, or rows of the fixed set)."""
+        if index < 0 or batch_size < 1:
+            raise ConfigError(
+                f"batch index must be >= 0 and batch_size >= 1, got index={index}, batch_size={batch_size}"
+            )
+        if self._set is None:
+            return self._sample_entries(batch_size, self._generator("train", index))
+        N = self.config.n_samples
+        assert N is not None
+        positions = torch.arange(index * batch_size, (index + 1) * batch_size, device=self.device)
+        epochs = positions // N
+        rows = torch.empty_like(positions)
+        for epoch in range(int(epochs[0]), int(epochs[-1]) + 1):
+            sel = epochs == epoch
+            rows[sel] = self._permutation(epoch)[positions[sel] - epoch * N]
+        return self._set_rows(rows)
 
-        Magnitudes are drawn only for the active entries (in row-major order), not for all rows·n.
-        With a hierarchy, the tree's non-leaf entries of the Bernoulli draw are replaced by "any child
-        active" (bottom-up) before the magnitudes are drawn.
+    def _active_positions(self, total: int, gen: torch.Generator) -> torch.Tensor:
+        """Ascending positions in [0, total) where an independent Bernoulli(1 − S) draw is 1, drawn as
+        geometric gaps between successive ones: the same distribution at a cost ∝ the ones found."""
+        p = 1 - self.config.S
+        if p >= 1:
+            return torch.arange(total, device=self.device)
+        chunks, last = [], -1
+        while True:
+            remaining = (total - 1 - last) * p
+            gaps = torch.empty(int(remaining + 6 * remaining**0.5 + 64), dtype=torch.int64, device=self.device)
+            positions = last + gaps.geometric_(p, generator=gen).cumsum(0)
+            chunks.append(positions)
+            last = int(positions[-1])
+            if last >= total:
+                positions = torch.cat(chunks)
+                return positions[positions < total]
+
+    def _sample_entries(self, rows: int, gen: torch.Generator) -> _Entries:
+        """x_d = Bernoulli(1 − S) · (c_min + beta · Exp(1)) for a [rows, n] block, drawn with `gen`,
+        as its active entries.
+
+        Magnitudes are drawn for the active entries in row-major order. With a hierarchy, the tree's
+        non-leaf entries of the Bernoulli draw are replaced by "any child active" (bottom-up, on a
+        dense [rows, n] mask) before the magnitudes are drawn.
         """
         cfg = self.config
-        shape = (rows, cfg.n_features)
-        active = torch.rand(shape, generator=gen, device=self.device) < (1 - cfg.S)
+        n = cfg.n_features
+        positions = self._active_positions(rows * n, gen)
         if self.hierarchy is not None:
-            impose_hierarchy(active, self.hierarchy)
-        out = torch.zeros(shape, device=self.device, dtype=self.dtype)
-        magnitude = torch.empty(int(active.sum()), device=self.device, dtype=self.dtype)
+            active = torch.zeros(rows * n, dtype=torch.bool, device=self.device)
+            active[positions] = True
+            impose_hierarchy(active.view(rows, n), self.hierarchy)
+            positions = active.nonzero().squeeze(1)
+        magnitude = torch.empty(positions.numel(), device=self.device, dtype=self.dtype)
         magnitude.exponential_(1.0, generator=gen)
-        out[active] = magnitude.mul_(cfg.beta).add_(cfg.c_min)
+        row_ptr = torch.zeros(rows + 1, dtype=torch.int64, device=self.device)
+        row_ptr[1:] = torch.bincount(positions // n, minlength=rows).cumsum(0)
+        return row_ptr, positions % n, magnitude.mul_(cfg.beta).add_(cfg.c_min)
+
+    def _dense(self, entries: _Entries) -> torch.Tensor:
+        """Dense codes [rows, n] of CSR entries."""
+        row_ptr, col, val = entries
+        rows = row_ptr.numel() - 1
+        out = torch.zeros(rows, self.config.n_features, device=self.device, dtype=self.dtype)
+        row = torch.repeat_interleave(torch.arange(rows, device=self.device), row_ptr.diff())
+        out[row, col.long()] = val
         return out
 
-    def _to_batch(self, codes: torch.Tensor) -> Batch:
-        x_p = codes @ self.W_p.T
-        x_r = x_p if self.W_r is self.W_p else codes @ self.W_r.T
+    def _project(self, entries: _Entries, side: str) -> torch.Tensor:
+        """codes @ W_sideᵀ [rows, n_side]: the sum of the active features' columns, weighted."""
+        row_ptr, col, val = entries
+        return F.embedding_bag(col.long(), self._columns[side], row_ptr[:-1], mode="sum", per_sample_weights=val)
+
+    def _to_batch(self, entries: _Entries) -> Batch:
+        x_p = self._project(entries, "p")
+        x_r = x_p if self.W_r is self.W_p else self._project(entries, "r")
         return Batch(x_p=x_p, x_r=x_r)
 
-    def _eval_cache(self) -> tuple[torch.Tensor, Batch]:
+    def _eval_cache(self) -> tuple[_Entries, Batch]:
         if self._eval is None:
-            codes = self._sample_codes(self.config.eval_size, self._generator("eval", 0))
-            self._eval = (codes, self._to_batch(codes))
+            entries = self._sample_entries(self.config.eval_size, self._generator("eval", 0))
+            self._eval = (entries, self._to_batch(entries))
         return self._eval
 
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -406,31 +454,25 @@ class LRBSource:
             self._perms[epoch] = perm
         return perm
 
-    def _build_training_set(self, N: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The fixed set in CSR form (row_ptr [N+1], col [nnz], val [nnz]): ~(1 − S)·n·N non-zeros."""
-        cols, vals, counts = [], [], []
+    def _build_training_set(self, N: int) -> _Entries:
+        """The fixed set in CSR form (row_ptr [N+1], col [nnz] int32, val [nnz]): ~(1 − S)·n·N non-zeros."""
+        cols, vals, row_ptrs = [], [], [torch.zeros(1, dtype=torch.int64, device=self.device)]
         for chunk, start in enumerate(range(0, N, _SET_CHUNK)):
-            block = self._sample_codes(min(_SET_CHUNK, N - start), self._generator("train_set", chunk))
-            r, c = block.nonzero(as_tuple=True)  # row-major order, so rows stay grouped
-            cols.append(c.to(torch.int32))
-            vals.append(block[r, c])
-            counts.append(torch.bincount(r, minlength=block.shape[0]))
-        row_ptr = torch.zeros(N + 1, dtype=torch.int64, device=self.device)
-        row_ptr[1:] = torch.cat(counts).cumsum(0)
-        return row_ptr, torch.cat(cols), torch.cat(vals)
+            row_ptr, col, val = self._sample_entries(min(_SET_CHUNK, N - start), self._generator("train_set", chunk))
+            row_ptrs.append(row_ptr[1:] + row_ptrs[-1][-1])
+            cols.append(col.to(torch.int32))
+            vals.append(val)
+        return torch.cat(row_ptrs), torch.cat(cols), torch.cat(vals)
 
-    def _set_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """Dense codes [len(rows), n] of the fixed-set samples `rows` (vectorised CSR gather)."""
+    def _set_rows(self, rows: torch.Tensor) -> _Entries:
+        """The entries (CSR) of the fixed-set samples `rows`, in that order (vectorised gather)."""
         assert self._set is not None
         row_ptr, col, val = self._set
         starts = row_ptr[rows]
         counts = row_ptr[rows + 1] - starts
-        total = int(counts.sum())
-        out = torch.zeros(len(rows), self.config.n_features, device=self.device, dtype=self.dtype)
-        if total == 0:
-            return out
-        batch_row = torch.repeat_interleave(torch.arange(len(rows), device=self.device), counts)
-        offsets = torch.arange(total, device=self.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        out_ptr = torch.zeros(len(rows) + 1, dtype=torch.int64, device=self.device)
+        out_ptr[1:] = counts.cumsum(0)
+        total = int(out_ptr[-1])
+        offsets = torch.arange(total, device=self.device) - torch.repeat_interleave(out_ptr[:-1], counts)
         positions = torch.repeat_interleave(starts, counts) + offsets
-        out[batch_row, col[positions].long()] = val[positions]
-        return out
+        return out_ptr, col[positions].long(), val[positions]
