@@ -20,19 +20,22 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 
 def _sort(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sorted values, permutation) of a 1-D integer tensor, stable. On CPU through numpy: torch's
-    CPU sort of a long 1-D integer tensor is ~100x slower here when its threads compete for cores."""
+    """(sorted values, permutation) of a 1-D integer tensor; equal values in a deterministic, not
+    necessarily stable, order. On CPU through numpy's single-threaded sort: torch's parallel CPU sort
+    of a 1-D tensor took ~100x longer on a 2-core machine whose cores were busy with other work."""
     if values.device.type == "cpu":
-        perm = torch.from_numpy(np.argsort(values.numpy(), kind="stable"))
+        perm = torch.from_numpy(np.argsort(values.numpy()))
         return values[perm], perm
-    return torch.sort(values, stable=True)
+    return torch.sort(values)
 
 
 class SparsePattern:
@@ -49,15 +52,16 @@ class SparsePattern:
         self._by_latent: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def from_rows(cls, latents: torch.Tensor, n_latents: int) -> SparsePattern:
-        """The pattern with the same number of entries in every row: latents [n_rows, k], any order
-        within a row (e.g. from topk)."""
-        n_rows, k = latents.shape
-        latents = latents.sort(dim=1).values.reshape(-1)
-        rows = torch.arange(n_rows, device=latents.device).repeat_interleave(k)
-        pattern = cls(rows, latents, n_rows, n_latents)
-        pattern._row_offsets = torch.arange(0, n_rows * k, k, device=latents.device)
-        return pattern
+    def cat(cls, patterns: list[SparsePattern]) -> SparsePattern:
+        """The patterns of consecutive row blocks as one pattern (same n_latents)."""
+        if len(patterns) == 1:
+            return patterns[0]
+        row_starts = [0]
+        for p in patterns[:-1]:
+            row_starts.append(row_starts[-1] + p.n_rows)
+        rows = torch.cat([p.rows + start for p, start in zip(patterns, row_starts, strict=True)])
+        latents = torch.cat([p.latents for p in patterns])
+        return cls(rows, latents, row_starts[-1] + patterns[-1].n_rows, patterns[0].n_latents)
 
     @classmethod
     def from_flat(cls, flat: torch.Tensor, n_rows: int, n_latents: int) -> SparsePattern:
@@ -120,30 +124,52 @@ class SparseCodes:
 
 
 # ----- selection ----------------------------------------------------------------------------------
-def topk_pattern(z: torch.Tensor, k: int) -> SparsePattern:
-    """The k largest entries of each row of z [B, n_latents] (the same choice as `z.topk(k)`)."""
-    return SparsePattern.from_rows(z.topk(k, dim=-1, sorted=False).indices, z.shape[1])
+# σ reads z as consecutive row blocks ("chunks", each [rows, n_latents]), so that the [B, n_latents]
+# pre-activation matrix never has to exist at once; each selection returns the pattern it keeps and
+# z at those entries ("pre", [nnz], in pattern order). A chunk is only valid until the next one is
+# drawn (the model reuses its memory): a selection copies what it keeps.
+Chunks = Iterable[torch.Tensor]
+
+
+def rows_entries(latents: torch.Tensor, pre: torch.Tensor, n_latents: int) -> tuple[SparsePattern, torch.Tensor]:
+    """The pattern of `latents` [n_rows, k] (any order within a row, no repeats) and `pre` [n_rows, k]
+    reordered to match it."""
+    n_rows, k = latents.shape
+    latents, order = latents.sort(dim=1)
+    pattern = SparsePattern(
+        torch.arange(n_rows, device=latents.device).repeat_interleave(k), latents.reshape(-1), n_rows, n_latents
+    )
+    pattern._row_offsets = torch.arange(0, n_rows * k, k, device=latents.device)
+    return pattern, pre.gather(1, order).reshape(-1)
+
+
+def select_topk(chunks: Chunks, k: int) -> tuple[SparsePattern, torch.Tensor]:
+    """The k largest entries of each row (the same choice as `z.topk(k)`)."""
+    latents, pre = [], []
+    for z in chunks:
+        values, indices = z.topk(k, dim=-1, sorted=False)
+        latents.append(indices)
+        pre.append(values)
+    return rows_entries(torch.cat(latents), torch.cat(pre), z.shape[1])
 
 
 _PREFILTER_MIN = 1 << 20
 """Batch-wide selections over fewer entries than this go straight to topk."""
 
 
-def batch_topk_pattern(z: torch.Tensor, m: int) -> SparsePattern:
-    """The m largest entries of the whole of z [B, n_latents] (BatchTopK; ties broken arbitrarily).
+def top_flat(flat: torch.Tensor, m: int, period: int = 1) -> torch.Tensor:
+    """Indices (any order) of the m largest entries of the 1-D `flat` (ties broken arbitrarily); `period`:
+    its row length, which the sample's stride avoids sharing a factor with.
 
-    A full topk over B·n_q entries is slow on CPU, so a threshold is first read off a strided sample
-    with a wide margin (6 standard deviations plus 25%), the entries at or above it are gathered, and
-    topk runs on those; if the threshold turns out too high (fewer than m entries pass) it falls back
-    to the full topk. The result is exact either way."""
-    flat = z.reshape(-1)
-    n_rows, n_latents = z.shape
+    A topk of a few entries out of millions is slow on CPU, so a threshold is first read off a strided
+    sample with a wide margin (6 standard deviations plus 25%), the entries at or above it are
+    gathered, and topk runs on those; if too few pass it falls back to the full topk. Exact either way."""
     total = flat.numel()
     if m >= total:
-        return SparsePattern.from_flat(torch.arange(total, device=z.device), n_rows, n_latents)
+        return torch.arange(total, device=flat.device)
     if total >= _PREFILTER_MIN and 16 * m <= total:
         stride = total // (1 << 16)
-        while math.gcd(stride, n_latents) != 1:  # visit every column, not one residue class
+        while math.gcd(stride, period) != 1:  # visit every column, not one residue class
             stride -= 1
         sample = flat[::stride]
         expected = m * sample.numel() / total
@@ -151,15 +177,52 @@ def batch_topk_pattern(z: torch.Tensor, m: int) -> SparsePattern:
         low = sample.topk(rank, sorted=False).values.min()
         candidates = (flat >= low).nonzero().squeeze(1)
         if candidates.numel() >= m:
-            keep = flat[candidates].topk(m, sorted=False).indices
-            return SparsePattern.from_flat(candidates[keep], n_rows, n_latents)
-    return SparsePattern.from_flat(flat.topk(m, sorted=False).indices, n_rows, n_latents)
+            return candidates[flat[candidates].topk(m, sorted=False).indices]
+    return flat.topk(m, sorted=False).indices
 
 
-def threshold_pattern(z: torch.Tensor, threshold: torch.Tensor) -> SparsePattern:
-    """The entries of z [B, n_latents] above `threshold` (BatchTopK at inference)."""
-    rows, latents = (z > threshold).nonzero(as_tuple=True)
-    return SparsePattern(rows, latents, z.shape[0], z.shape[1])
+def select_batch_topk(chunks: Chunks, m: int) -> tuple[SparsePattern, torch.Tensor]:
+    """The m largest entries of the whole batch (BatchTopK; ties broken arbitrarily).
+
+    A pool of candidates (flat index, value) is kept over the chunks: each chunk adds its own top m
+    entries, or once the pool has held m entries, only those at or above the pool's m-th largest value
+    (no later entry below it can be among the final m). The pool is cut back to its top m whenever it
+    exceeds 2m."""
+    pool_index: list[torch.Tensor] = []
+    pool_value: list[torch.Tensor] = []
+    pool_size, low, offset, n_latents = 0, None, 0, 0
+    for z in chunks:
+        flat = z.reshape(-1)
+        n_latents = z.shape[1]
+        keep = top_flat(flat, m, n_latents) if low is None else (flat >= low).nonzero().squeeze(1)
+        if low is not None and keep.numel() > m:
+            keep = keep[flat[keep].topk(m, sorted=False).indices]
+        pool_index.append(keep + offset)
+        pool_value.append(flat[keep])
+        pool_size += keep.numel()
+        offset += flat.numel()
+        if pool_size > 2 * m:
+            values, index = torch.cat(pool_value), torch.cat(pool_index)
+            top = values.topk(m, sorted=False)
+            pool_value, pool_index, pool_size = [top.values], [index[top.indices]], m
+            low = top.values.min()
+    values, index = torch.cat(pool_value), torch.cat(pool_index)
+    if values.numel() > m:
+        top = values.topk(m, sorted=False)
+        values, index = top.values, index[top.indices]
+    index, order = _sort(index)
+    return SparsePattern(index // n_latents, index % n_latents, offset // n_latents, n_latents), values[order]
+
+
+def select_above(chunks: Chunks, threshold: torch.Tensor) -> tuple[SparsePattern, torch.Tensor]:
+    """The entries above `threshold` (BatchTopK at inference)."""
+    patterns, pre = [], []
+    for z in chunks:
+        mask = z > threshold
+        rows, latents = mask.nonzero(as_tuple=True)
+        patterns.append(SparsePattern(rows, latents, z.shape[0], z.shape[1]))
+        pre.append(z[mask])
+    return SparsePattern.cat(patterns), torch.cat(pre)
 
 
 # ----- the encoder --------------------------------------------------------------------------------
@@ -175,6 +238,7 @@ class _EncodeEntries(torch.autograd.Function):
         return pre.clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x_p, W_E = ctx.saved_tensors
         pattern: SparsePattern = ctx.pattern
@@ -245,17 +309,21 @@ class _DecodeEntries(torch.autograd.Function):
         ctx.pattern = pattern
         ctx.has_bias = b_D is not None
         ctx.values_dtype = values.dtype
-        ctx.save_for_backward(values, W_t)
+        ctx.save_for_backward(values)
+        ctx.W_t = W_t  # an attribute, not a saved tensor, so the backward can free it before building ∇W_D
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        values, W_t = ctx.saved_tensors
+        (values,) = ctx.saved_tensors
+        W_t, ctx.W_t = ctx.W_t, None
         pattern: SparsePattern = ctx.pattern
         grad = grad.to(W_t.dtype).contiguous()
         grad_values = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_values = _sampled_dots(pattern, grad, W_t).to(ctx.values_dtype)
+        del W_t
         if ctx.needs_input_grad[1]:  # ∇W_D[:, i] = Σ_entries of latent i  v · ∇x̂[row]
             perm, offsets = pattern.by_latent()
             grad_W = F.embedding_bag(

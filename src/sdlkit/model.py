@@ -17,6 +17,7 @@ only their columns, and the backward never builds a [B, n_latents] gradient).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -29,6 +30,9 @@ from sdlkit.errors import ConfigError, ShapeError
 from sdlkit.kernels import SparseCodes, SparsePattern, decode_entries, encode_entries
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+SPARSE_CHUNK_ENTRIES = 1 << 23
+"""The sparse kernel computes z in row blocks of about this many entries (32 MB in float32, one buffer
+reused for every block): far below [B, n_latents], large enough for a full-speed GEMM."""
 
 
 class ModelConfig(BaseModel):
@@ -102,19 +106,29 @@ class ModelConfig(BaseModel):
 class Forward:
     """One forward pass. z, x_q [B, n_latents]; x_hat [B, n_out].
 
-    From the sparse kernel: `codes` holds x_q's entries, z carries no gradient, and `x_q` is built
-    from `codes` (with its gradient) only when first read. `fired()` and `count_nonzero()` work on
-    either form without building it."""
+    From the sparse kernel: `codes` holds x_q's entries, and z and x_q are built only when first
+    read: z without gradient (recomputed: the kernel never holds it whole), x_q from `codes` with
+    its gradient. `fired()` and `count_nonzero()` work on either form without building them."""
 
     def __init__(
-        self, z: torch.Tensor, x_q: torch.Tensor | None, x_hat: torch.Tensor, codes: SparseCodes | None = None
+        self,
+        z: torch.Tensor | Callable[[], torch.Tensor],
+        x_q: torch.Tensor | None,
+        x_hat: torch.Tensor,
+        codes: SparseCodes | None = None,
     ):
         if x_q is None and codes is None:
             raise ValueError("a Forward needs x_q or codes")
-        self.z = z
+        self._z = z
         self._x_q = x_q
         self.x_hat = x_hat
         self.codes = codes
+
+    @property
+    def z(self) -> torch.Tensor:
+        if callable(self._z):
+            self._z = self._z()
+        return self._z
 
     @property
     def x_q(self) -> torch.Tensor:
@@ -183,10 +197,13 @@ class SparseDictionary(nn.Module):
             raise ShapeError(f"{name} has dtype {x.dtype}; a floating-point tensor is needed")
 
     # ----- the model ----------------------------------------------------------------------------
-    def pre_activations(self, x_p: torch.Tensor) -> torch.Tensor:
-        """z = W_E x_p + b_E [B, n_latents]."""
+    def pre_activations(self, x_p: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """z = W_E x_p + b_E [B, n_latents], or only its columns `latents` (int64 [m]) [B, m]."""
         self._check_input("x_p", x_p, self.n_in)
-        return F.linear(x_p.to(self.W_E.dtype), self.W_E, self.b_E)
+        if latents is None:
+            return F.linear(x_p.to(self.W_E.dtype), self.W_E, self.b_E)
+        b_E = None if self.b_E is None else self.b_E[latents]
+        return F.linear(x_p.to(self.W_E.dtype), self.W_E[latents], b_E)
 
     def encode(self, x_p: torch.Tensor) -> torch.Tensor:
         """x_q = σ(W_E x_p + b_E) [B, n_latents]."""
@@ -204,20 +221,41 @@ class SparseDictionary(nn.Module):
         return Forward(z=z, x_q=x_q, x_hat=self.decode(x_q))
 
     def _sparse_forward(self, x_p: torch.Tensor) -> Forward:
-        """The sparse kernel: z without autograd (only to choose the entries; nothing keeps it for the
-        backward, so it is freed with the Forward), then codes and x̂ from the entries alone."""
+        """The sparse kernel: z is computed without autograd, a block of rows at a time, only for σ to
+        choose its entries; then codes and x̂ come from the entries alone."""
+        self._check_input("x_p", x_p, self.n_in)
+        x = x_p.to(self.W_E.dtype)
         with torch.no_grad():
-            z = self.pre_activations(x_p)
-            pattern = self.activation.select(z)
-        codes = SparseCodes(pattern, self.encode_entries(x_p, z, pattern))
+            pattern, pre = self.activation.select(self._pre_activation_chunks(x), x.shape[0])
+        codes = SparseCodes(pattern, self.encode_entries(x, pre, pattern))
+
+        def z() -> torch.Tensor:
+            with torch.no_grad():
+                return self.pre_activations(x)
+
         return Forward(z=z, x_q=None, x_hat=self.decode_entries(codes.values, pattern), codes=codes)
 
-    def encode_entries(self, x_p: torch.Tensor, z: torch.Tensor, pattern: SparsePattern) -> torch.Tensor:
-        """ReLU(z) at `pattern` [nnz] with the encoder's gradient; z [B, n_latents] = the (gradient-free)
-        pre-activations of x_p [B, n_in]. The TopK family's σ on its selected entries (eq. 10)."""
-        pre = z[pattern.rows, pattern.latents].to(self.W_E.dtype)
+    def _pre_activation_chunks(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """z = W_E x + b_E in blocks of rows, written into one reused buffer (so each block is only valid
+        until the next one is drawn); under autocast, fresh blocks in the autocast dtype."""
+        rows = max(1, SPARSE_CHUNK_ENTRIES // self.n_latents)
+        starts = range(0, x.shape[0], rows)
+        if torch.is_autocast_enabled(x.device.type):
+            yield from (F.linear(x[start : start + rows], self.W_E, self.b_E) for start in starts)
+            return
+        buffer = x.new_empty(min(rows, x.shape[0]), self.n_latents)
+        for start in starts:
+            block, out = x[start : start + rows], buffer[: min(rows, x.shape[0] - start)]
+            if self.b_E is None:
+                yield torch.mm(block, self.W_E.t(), out=out)
+            else:
+                yield torch.addmm(self.b_E, block, self.W_E.t(), out=out)
+
+    def encode_entries(self, x_p: torch.Tensor, pre: torch.Tensor, pattern: SparsePattern) -> torch.Tensor:
+        """ReLU(z) at `pattern` [nnz] with the encoder's gradient, for x_p [B, n_in] and `pre` [nnz], z at
+        the pattern computed without autograd: the TopK family's σ on its selected entries (eq. 10)."""
         x_p = x_p.to(self.W_E.dtype)
-        return encode_entries(pre, x_p, self.W_E, self.b_E, pattern).relu()
+        return encode_entries(pre.to(self.W_E.dtype), x_p, self.W_E, self.b_E, pattern).relu()
 
     def decode_entries(self, values: torch.Tensor, pattern: SparsePattern, bias: bool = True) -> torch.Tensor:
         """W_D x_q (+ b_D) for codes given as `values` [nnz] at `pattern`: [pattern.n_rows, n_out]."""
@@ -243,8 +281,11 @@ class SparseDictionary(nn.Module):
         along the unit sphere's tangent, and renormalising afterwards changes them little."""
         if self.W_D.grad is None:
             return
-        parallel = (self.W_D.grad * self.W_D).sum(dim=0, keepdim=True)
-        self.W_D.grad.sub_(parallel * self.W_D)
+        grad = self.W_D.grad
+        parallel = grad.new_zeros(1, self.n_latents)
+        for g, w in zip(grad.split(64), self.W_D.split(64), strict=True):  # blocks of rows: no W_D-sized temporary
+            parallel += (g * w).sum(dim=0, keepdim=True)
+        grad.addcmul_(parallel, self.W_D, value=-1)
 
     def post_step(self) -> None:
         """Restore constraints after an optimiser step."""

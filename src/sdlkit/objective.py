@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from sdlkit.kernels import SparsePattern
+from sdlkit.kernels import rows_entries
 
 if TYPE_CHECKING:
     from sdlkit.kernels import SparseCodes
@@ -29,13 +29,13 @@ class TermContext:
 
     `dead`: bool [n_latents], latents that have not fired for the dead window. `codes`: x_q's entries
     when the forward used the sparse kernel; z then carries no gradient, and x_q (None may be given)
-    is built from `codes` on first read."""
+    is built from `codes` on first read, z (None may be given) recomputed without gradient."""
 
     def __init__(
         self,
         x_p: torch.Tensor,
         x_r: torch.Tensor,
-        z: torch.Tensor,
+        z: torch.Tensor | None,
         x_q: torch.Tensor | None,
         x_hat: torch.Tensor,
         model: SparseDictionary,
@@ -45,7 +45,7 @@ class TermContext:
     ):
         if x_q is None and codes is None:
             raise ValueError("a TermContext needs x_q or codes")
-        self.x_p, self.x_r, self.z, self._x_q, self.x_hat = x_p, x_r, z, x_q, x_hat
+        self.x_p, self.x_r, self._z, self._x_q, self.x_hat = x_p, x_r, z, x_q, x_hat
         self.model, self.step, self.dead, self.codes = model, step, dead, codes
 
     @classmethod
@@ -59,8 +59,23 @@ class TermContext:
         dead: torch.Tensor | None = None,
     ) -> TermContext:
         """The context of a forward pass `out` of `model` on the batch (x_p, x_r), either kernel."""
-        x_q = None if out.codes is not None else out.x_q
-        return cls(x_p, x_r, out.z, x_q, out.x_hat, model, step, dead, out.codes)
+        if out.codes is None:
+            return cls(x_p, x_r, out.z, out.x_q, out.x_hat, model, step, dead)
+        return cls(x_p, x_r, None, None, out.x_hat, model, step, dead, out.codes)
+
+    @property
+    def z(self) -> torch.Tensor:
+        if self._z is None:  # the sparse kernel never holds z whole: recompute it (without gradient)
+            with torch.no_grad():
+                self._z = self.model.pre_activations(self.x_p)
+        return self._z
+
+    def z_columns(self, latents: torch.Tensor) -> torch.Tensor:
+        """z[:, latents] [B, m] (without gradient on the sparse path: only those columns are computed)."""
+        if self._z is not None:
+            return self._z.index_select(1, latents)
+        with torch.no_grad():
+            return self.model.pre_activations(self.x_p, latents)
 
     @property
     def x_q(self) -> torch.Tensor:
@@ -205,16 +220,16 @@ class AuxK:
         return self.coefficient * loss * ctx.dead.any()
 
     def _sparse(self, ctx: TermContext) -> torch.Tensor:
-        """The same loss from entries: top-k_aux of the dead latents' columns of z, encoded and decoded
-        by the sparse kernel (the dense form's -inf picks are exact zeros, so they are left out)."""
+        """The same loss from entries: top-k_aux of the dead latents' columns of z (only those columns are
+        computed), encoded and decoded by the sparse kernel (the dense form's -inf picks are exact
+        zeros, so they are left out)."""
         model = ctx.model
         dead = ctx.dead.nonzero().squeeze(1)
         if dead.numel() == 0:
             return ctx.x_r.new_zeros(())
-        z_dead = ctx.z.index_select(1, dead)
-        picks = z_dead.topk(min(self.k_aux, dead.numel()), dim=-1, sorted=False).indices
-        pattern = SparsePattern.from_rows(dead[picks], model.n_latents)
-        values = model.encode_entries(ctx.x_p, ctx.z, pattern)
+        pre, picks = ctx.z_columns(dead).topk(min(self.k_aux, dead.numel()), dim=-1, sorted=False)
+        pattern, pre = rows_entries(dead[picks], pre, model.n_latents)
+        values = model.encode_entries(ctx.x_p, pre, pattern)
         residual = (ctx.x_r - ctx.x_hat).detach()
         e_hat = model.decode_entries(values, pattern, bias=False)
         variance = (residual - residual.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)

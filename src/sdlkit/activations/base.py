@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from sdlkit.errors import ConfigError
-from sdlkit.kernels import SparsePattern
+from sdlkit.kernels import Chunks, SparsePattern
 from sdlkit.objective import AuxK, Reconstruction, Term
 
 
@@ -28,9 +28,10 @@ class Activation(nn.Module):
         """Per-latent parameters (dim 0 indexes latents) and the value resampling resets them to."""
         return {}
 
-    def select(self, z: torch.Tensor) -> SparsePattern:
-        """The entries of z [B, n_latents] that σ keeps, for the sparse kernel: σ(z) = ReLU(z) there
-        and 0 elsewhere. Only the TopK family (`MethodConfig.topk_family`) implements it."""
+    def select(self, chunks: Chunks, n_rows: int) -> tuple[SparsePattern, torch.Tensor]:
+        """For the sparse kernel: the entries of z that σ keeps (σ(z) = ReLU(z) there, 0 elsewhere)
+        and z at them [nnz]. z [n_rows, n_latents] arrives as consecutive row blocks, so it never has
+        to exist whole. Only the TopK family (`MethodConfig.topk_family`) implements it."""
         raise NotImplementedError(f"{type(self).__name__} has no sparse kernel")
 
     def post_step(self) -> None:

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 
 from sdlkit.activations.base import Activation, AuxKConfig, MethodConfig, check_k, register_method
-from sdlkit.kernels import SparsePattern, batch_topk_pattern, threshold_pattern, topk_pattern
+from sdlkit.kernels import Chunks, SparsePattern, select_above, select_batch_topk, select_topk
 
 
 def topk_per_sample(z: torch.Tensor, k: int) -> torch.Tensor:
@@ -27,8 +27,8 @@ class TopK(Activation):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return topk_per_sample(z, self.k)
 
-    def select(self, z: torch.Tensor) -> SparsePattern:
-        return topk_pattern(z, self.k)
+    def select(self, chunks: Chunks, n_rows: int) -> tuple[SparsePattern, torch.Tensor]:
+        return select_topk(chunks, self.k)
 
 
 class BatchTopK(Activation):
@@ -52,12 +52,12 @@ class BatchTopK(Activation):
         self._update_threshold(values.detach())
         return torch.zeros_like(flat).scatter(0, indices, values).reshape(z.shape)
 
-    def select(self, z: torch.Tensor) -> SparsePattern:
+    def select(self, chunks: Chunks, n_rows: int) -> tuple[SparsePattern, torch.Tensor]:
         if not self.training:
-            return threshold_pattern(z, self.threshold.clamp_min(0))
-        pattern = batch_topk_pattern(z, min(self.k * z.shape[0], z.numel()))
-        self._update_threshold(z[pattern.rows, pattern.latents].detach().relu())
-        return pattern
+            return select_above(chunks, self.threshold.clamp_min(0))
+        pattern, pre = select_batch_topk(chunks, self.k * n_rows)
+        self._update_threshold(pre.detach().relu())
+        return pattern, pre
 
     @torch.no_grad()
     def _update_threshold(self, kept: torch.Tensor) -> None:

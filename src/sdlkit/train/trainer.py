@@ -248,15 +248,15 @@ class Trainer:
 
     def _train_step(self, batch: Batch) -> None:
         model, dtype = self.model, self.model.W_E.dtype
+        self.optimizer.zero_grad(set_to_none=True)  # before the forward: the old gradients do not add to its peak
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
             out = model(batch.x_p)
             ctx = TermContext.from_forward(out, batch.x_p, batch.x_r.to(dtype), model, self.step, self.dead.dead)
             loss, parts = self.objective(ctx)
         fired, nonzeros = out.fired(), out.count_nonzero()
-        del out, ctx  # the sparse kernel's z [B, n_latents] is not needed by the backward: free it first
+        del out, ctx  # whatever the forward built that the backward does not need goes first
         if not torch.isfinite(loss):
             self._diverged(batch, "loss")
-        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if model.config.unit_norm_decoder:
             model.project_decoder_grad()
