@@ -6,10 +6,13 @@ import torch
 
 from sdlkit.data.lrb import PRESETS, LRBConfig, LRBSource, lrb_preset
 from sdlkit.data.source import Batch, DataSource
+from sdlkit.store import StoreDataConfig, StoreSource
 
 
-def build_source(config: LRBConfig, device: str | torch.device = "cpu") -> DataSource:
-    """The data source a config describes (the LRB for now; activation stores come later)."""
+def build_source(config: LRBConfig | StoreDataConfig, device: str | torch.device = "cpu") -> DataSource:
+    """The data source a config describes: the LRB, or an activation store."""
+    if isinstance(config, StoreDataConfig):
+        return StoreSource(config, device=device)
     return LRBSource(config, device=device)
 
 

@@ -18,11 +18,14 @@ from tqdm.auto import tqdm
 
 from sdlkit.anchoring import AnchorPenalty, Anchors, apply_hard_anchors, ground_truth_anchors, zero_anchor_grads
 from sdlkit.config import RESAMPLE_SEED_OFFSET, RunConfig, TrainConfig
+from sdlkit.data.directions import known_directions
 from sdlkit.data.source import Batch, DataSource
 from sdlkit.errors import CheckpointError, ConfigError, ShapeError, TrainingDiverged
+from sdlkit.io import load_weights
 from sdlkit.metrics import reconstruction_metrics
 from sdlkit.model import SparseDictionary
 from sdlkit.objective import Objective, Term, TermContext
+from sdlkit.store.normalize import fold_scales
 from sdlkit.train.checkpoint import (
     RESUMABLE_CHANGES,
     config_differences,
@@ -103,25 +106,22 @@ class Trainer:
         self._reset_accumulators()
 
     def _anchors(self, given: Anchors | None) -> Anchors | None:
-        """The anchors to use: `given`, else drawn from the source's ground truth per train.anchors."""
+        """The anchors to use: `given`, else drawn from the source's known directions (ground truth or
+        class means) per train.anchors."""
         spec = self.cfg.anchors
         if spec is None:
             if given is not None:
                 raise ConfigError("anchors were given but train.anchors is not set (it holds weight and mode)")
             return None
         if given is None:
-            if not hasattr(self.source, "ground_truth"):
-                raise ConfigError(
-                    "train.anchors needs ground-truth features (Linear Representation Bench data) or anchors given "
-                    "to the Trainer (e.g. sdlkit.anchoring.class_mean_anchors)"
-                )
-            truth = self.source.ground_truth()
-            n_features = truth["W_p"].shape[1]
+            truth = known_directions(self.source, spec.source)
+            n_features = truth.W_p.shape[1]
             if spec.count > n_features:
+                what = "features" if truth.kind == "ground_truth" else "labelled classes"
                 raise ConfigError(
-                    f"train.anchors.count = {spec.count} is larger than the number of features n = {n_features}"
+                    f"train.anchors.count = {spec.count} is larger than the number of {what}: {n_features}"
                 )
-            given = ground_truth_anchors(truth["W_p"], truth["W_r"], spec.count, spec.seed)
+            given = ground_truth_anchors(truth.W_p, truth.W_r, spec.count, spec.seed)
         if given.k != spec.count:
             raise ConfigError(f"train.anchors.count = {spec.count} but {given.k} anchors were given")
         if given.k > self.model.n_latents:
@@ -170,6 +170,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self._acc = {k: v.to(self.device) for k, v in state["acc"].items()}
         self._acc_steps = state["acc_steps"]
+        if "train_weights" in state:  # the checkpoint's weights.safetensors holds the folded ones
+            load_weights(self.model, state["train_weights"], Path("trainer state"))
 
     def resume(self) -> Path:
         """Restore the latest checkpoint of `run_dir`; refuse one written under a different config."""
@@ -196,11 +198,33 @@ class Trainer:
     def _config_json(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")
 
+    def folded_weights(self) -> dict[str, torch.Tensor] | None:
+        """The weights for raw activations when the source normalises them (a store with
+        `normalize: true`), else None: W_E and W_D/b_D absorb the per-block scales (see fold_scales)."""
+        in_scales, out_scales = getattr(self.source, "in_scales", None), getattr(self.source, "out_scales", None)
+        if in_scales is None or all(s == 1.0 for s in [*in_scales, *out_scales]):
+            return None
+        tensors = {k: v.detach() for k, v in self.model.named_tensors().items()}
+        return fold_scales(tensors, self.source.in_blocks, self.source.out_blocks, in_scales, out_scales)
+
     def save_checkpoint(self) -> Path | None:
+        """A checkpoint whose weights.safetensors is for raw activations (folded when the data were
+        normalised; the trainer state then keeps the training-space weights for exact resume)."""
         if self.run_dir is None:
             return None
+        state, extra, folded = self.state(), {}, self.folded_weights()
+        if folded is not None:
+            state["train_weights"] = self.model.named_tensors()
+            extra["normalization"] = {"in_scales": self.source.in_scales, "out_scales": self.source.out_scales}
         self.last_checkpoint = save_training_checkpoint(
-            self.run_dir, self.step, self.model, self._config_json(), self.state(), self.cfg.keep_checkpoints
+            self.run_dir,
+            self.step,
+            self.model,
+            self._config_json(),
+            state,
+            self.cfg.keep_checkpoints,
+            weights=folded,
+            extra=extra,
         )
         return self.last_checkpoint
 
