@@ -216,10 +216,18 @@ def cmd_info(args: argparse.Namespace) -> int:
         batch = run.get("train", {}).get("batch_size", 0)
         print(
             f"training    step {config['step']} of {run.get('train', {}).get('steps')} "
-            f"({config['step'] * batch:,} samples), data: {run.get('data', {}).get('mode', '?')} LRB"
+            f"({config['step'] * batch:,} samples), data: {_data_name(run.get('data', {}))}"
         )
     print("tensors     " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
     return 0
+
+
+def _data_name(data: dict) -> str:
+    if "store" in data:
+        modules = data.get("inputs") or ["all modules"]
+        targets = f" -> {', '.join(data['targets'])}" if data.get("targets") else ""
+        return f"store {data['store']} ({', '.join(modules)}{targets})"
+    return f"{data.get('mode', '?')} LRB"
 
 
 def _bench_methods() -> list[str]:

@@ -113,9 +113,7 @@ def _splice(
     device: str,
 ) -> dict[str, float]:
     """Splice metrics on the first `n_samples` dataset samples behind rows [start, stop)."""
-    from sdlkit.harvest.datasets import open_dataset
-    from sdlkit.harvest.models import load_model
-    from sdlkit.harvest.splice import splice_metrics
+    from sdlkit.harvest import check_store_matches_model, load_model, open_dataset, splice_metrics
 
     source = store.manifest.source
     models = source.get("models") or source.get("model")
@@ -130,6 +128,7 @@ def _splice(
     loaded = load_model(models, device=device, trust_remote_code=bool(source.get("trust_remote_code", False)))
     if loaded.kind != "text":
         raise ConfigError("splice metrics (CE loss recovered, KL) are for language models; this store is from images")
+    check_store_matches_model(store.manifest, loaded.model, sorted({*inputs, *targets}))
     dataset = open_dataset(
         source["data"], text_column=source.get("text_column") or "text", split=source.get("split") or "train"
     )
