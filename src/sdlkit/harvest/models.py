@@ -35,15 +35,12 @@ def parse_dtype(name: str, option: str = "dtype") -> torch.dtype:
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """`auto` is the GPU when there is one, else the CPU; asking for CUDA without one is an error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from sdlkit.config import resolve_device as resolve
+
     try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device = {device!r} is not allowed: use cpu, cuda, cuda:N or auto") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device = {device!r} is not available: no CUDA GPU is visible; use --device cpu")
-    return resolved
+        return torch.device(resolve(str(device)))
+    except ValueError as err:
+        raise ConfigError(f"--device: {err}") from None
 
 
 @dataclass

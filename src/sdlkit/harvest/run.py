@@ -35,8 +35,8 @@ from sdlkit.harvest.models import (
     parse_modules,
     resolve_device,
 )
-from sdlkit.store import StoreManifest, StoreWriter, read_manifest
-from sdlkit.store.format import MANIFEST_FILE
+from sdlkit.store import StoreManifest, StoreWriter
+from sdlkit.store.writer import resumable_manifest
 
 SKIPPED_IMAGES = "undecodable_images"
 
@@ -349,14 +349,7 @@ def _precheck_store(out: str, resume: bool, overwrite: bool) -> None:
     """Refuse a store folder that cannot be used before any model is loaded (the writer checks it all again)."""
     folder = Path(out)
     if resume:
-        if not (folder / MANIFEST_FILE).is_file():
-            raise StoreError(
-                f"cannot resume {folder}: it holds no activation store ({MANIFEST_FILE} is missing); "
-                "start a new harvest without --resume"
-            )
-        manifest = read_manifest(folder)
-        if manifest.progress.complete:
-            raise StoreError(f"cannot resume {folder}: the store is already complete ({manifest.rows} rows)")
+        resumable_manifest(folder)
     elif not overwrite and folder.is_dir() and any(folder.iterdir()):
         raise StoreError(
             f"{folder} already exists and is not empty; resume it (--resume), replace it (--overwrite) "

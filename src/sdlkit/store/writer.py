@@ -87,6 +87,22 @@ def _row_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return total.cpu(), total_sq.cpu()
 
 
+def resumable_manifest(folder: Path) -> StoreManifest:
+    """The manifest of the incomplete store at `folder`, or a StoreError saying why it cannot resume."""
+    if not (folder / MANIFEST_FILE).is_file():
+        raise StoreError(
+            f"cannot resume {folder}: it holds no activation store ({MANIFEST_FILE} is missing); "
+            "start a new harvest without --resume"
+        )
+    manifest = read_manifest(folder)
+    if manifest.progress.complete:
+        raise StoreError(
+            f"cannot resume {folder}: the store is already complete ({manifest.rows} rows); "
+            "use it as is, or harvest again with --overwrite"
+        )
+    return manifest
+
+
 class StoreWriter:
     """Writes one store folder. Build with `create` (new store) or `resume` (an incomplete one).
 
@@ -170,17 +186,7 @@ class StoreWriter:
         `shard_rows` (an addition to the spec) defaults to the value the store was created with.
         """
         folder = Path(path)
-        if not (folder / MANIFEST_FILE).is_file():
-            raise StoreError(
-                f"cannot resume {folder}: it holds no activation store ({MANIFEST_FILE} is missing); "
-                "start a new harvest without --resume"
-            )
-        manifest = read_manifest(folder)
-        if manifest.progress.complete:
-            raise StoreError(
-                f"cannot resume {folder}: the store is already complete ({manifest.rows} rows); "
-                "use it as is, or harvest again with --overwrite"
-            )
+        manifest = resumable_manifest(folder)
         _check_modules(modules)
         stored = manifest.dims
         if list(stored.items()) != list(modules.items()):
