@@ -141,7 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sdlkit.data import build_source
     from sdlkit.data.directions import has_known_directions, known_directions
     from sdlkit.report import format_table
-    from sdlkit.train import Trainer
+    from sdlkit.train import Trainer, distributed
 
     overrides = list(args.set)
     if args.device is not None:
@@ -162,11 +162,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     if args.overwrite and args.resume:
         raise SdlkitError("--overwrite and --resume contradict each other: choose one")
-    if args.overwrite and out.exists():
-        shutil.rmtree(out)
-    source = build_source(config.data, config.device)
-    trainer = Trainer(config, source, out)
-    result = trainer.fit(resume=args.resume)
+    dist, device = distributed.from_environment(config.device)  # under torchrun: join the group
+    try:
+        if args.overwrite and out.exists() and (dist is None or dist.is_main):
+            shutil.rmtree(out)
+        if dist is not None:
+            config = config.model_copy(update={"device": device})
+            distributed.barrier()
+        source = build_source(config.data, config.device)
+        trainer = Trainer(config, source, out, dist=dist)
+        result = trainer.fit(resume=args.resume)
+    finally:
+        distributed.shutdown()
+    if not trainer.is_main:
+        return 0
     row = {
         "method": config.model.method.name,
         "steps": result.steps,

@@ -60,6 +60,12 @@ def from_environment(device: str) -> tuple[DistContext | None, str]:
     return DistContext(rank, world_size, local_rank), device
 
 
+def barrier() -> None:
+    """Wait for every rank (a no-op when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown() -> None:
     """Leave the process group (a no-op when not distributed)."""
     if dist.is_available() and dist.is_initialized():

@@ -25,8 +25,12 @@ class DeadLatents:
     @torch.no_grad()
     def update(self, x_q: torch.Tensor) -> None:
         """Count one batch of codes x_q [B, n_latents]: fired latents reset to 0, the rest age by B."""
-        fired = (x_q != 0).any(dim=0)
-        self.since_fired = torch.where(fired, 0, self.since_fired + x_q.shape[0])
+        self.update_fired((x_q != 0).any(dim=0), x_q.shape[0])
+
+    @torch.no_grad()
+    def update_fired(self, fired: torch.Tensor, n_samples: int) -> None:
+        """Count one batch of `n_samples` in which the latents where `fired` [n_latents] is true fired."""
+        self.since_fired = torch.where(fired, 0, self.since_fired + n_samples)
 
     @property
     def dead(self) -> torch.Tensor:

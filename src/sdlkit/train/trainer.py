@@ -33,6 +33,15 @@ from sdlkit.train.checkpoint import (
     load_training_checkpoint,
     save_training_checkpoint,
 )
+from sdlkit.train.distributed import (
+    DistContext,
+    RankSlice,
+    any_rank,
+    average_gradients,
+    gather_rows,
+    local_batch_size,
+    mean_over_ranks,
+)
 from sdlkit.train.resample import DeadLatents, resample_dead_latents
 
 METRICS_FILE = "metrics.jsonl"
@@ -63,7 +72,9 @@ class TrainResult:
 
 
 class Trainer:
-    """Trains `config.model` on `source`. With `run_dir`, logs and checkpoints there."""
+    """Trains `config.model` on `source`. With `run_dir`, logs and checkpoints there. With `dist` (see
+    sdlkit.train.distributed), this process is one rank of a data-parallel group: `train.batch_size` is
+    the global batch, this rank trains on its share, and only rank 0 writes."""
 
     def __init__(
         self,
@@ -72,10 +83,16 @@ class Trainer:
         run_dir: str | Path | None = None,
         extra_terms: list[Term] = (),
         anchors: Anchors | None = None,
+        dist: DistContext | None = None,
     ):
         self.config = config
         self.cfg = config.train
-        self.source = source
+        self.dist = dist
+        self.is_main = dist is None or dist.is_main
+        self.local_batch = (
+            self.cfg.batch_size if dist is None else local_batch_size(self.cfg.batch_size, dist.world_size)
+        )
+        self.source = source if dist is None else RankSlice(source, dist.rank, dist.world_size)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = torch.device(config.device)
         if (source.n_in, source.n_out) != (config.model.n_in, config.model.n_out):
@@ -210,7 +227,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """A checkpoint whose weights.safetensors is for raw activations (folded when the data were
         normalised; the trainer state then keeps the training-space weights for exact resume)."""
-        if self.run_dir is None:
+        if self.run_dir is None or not self.is_main:
             return None
         state, extra, folded = self.state(), {}, self.folded_weights()
         if folded is not None:
@@ -244,7 +261,10 @@ class Trainer:
 
     def _log(self, samples_per_s: float) -> dict[str, Any]:
         record: dict[str, Any] = {"step": self.step, "samples": self.step * self.cfg.batch_size}
-        record.update({k: (v / self._acc_steps).item() for k, v in self._acc.items()})
+        means = {k: v / self._acc_steps for k, v in self._acc.items()}
+        if self.dist is not None:
+            means = mean_over_ranks(means, self.dist.world_size)
+        record.update({k: v.item() for k, v in means.items()})
         record.update(
             dead_fraction=self.dead.dead.float().mean().item(),
             lr=self.scheduler.get_last_lr()[0],
@@ -252,14 +272,14 @@ class Trainer:
             resampled=self.n_resampled,
         )
         self._reset_accumulators()
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.is_main:
             with open(self.run_dir / METRICS_FILE, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
         return record
 
     # ----- the loop -----------------------------------------------------------------------------------
     def _next_batch(self) -> Batch:
-        batch = self.source.batch(self.position, self.cfg.batch_size)
+        batch = self.source.batch(self.position, self.local_batch)
         self.position += 1
         return batch
 
@@ -289,6 +309,8 @@ class Trainer:
             self._diverged(batch, "loss")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.dist is not None:
+            average_gradients(list(model.parameters()), self.dist.world_size)
         if model.config.unit_norm_decoder:
             model.project_decoder_grad()
         hard_anchors = self.anchors is not None and self.cfg.anchors.mode == "hard"
@@ -301,7 +323,8 @@ class Trainer:
         model.post_step()
         if hard_anchors:
             apply_hard_anchors(model, self.anchors)
-        self.dead.update(out.x_q)
+        fired = (out.x_q != 0).any(dim=0)
+        self.dead.update_fired(fired if self.dist is None else any_rank(fired), self.cfg.batch_size)
         self._accumulate(parts, loss, out.x_q)
 
     def _maybe_resample(self) -> None:
@@ -314,6 +337,8 @@ class Trainer:
         n_batches = math.ceil(rs.n_inputs / self.cfg.batch_size)
         batches = [self._next_batch() for _ in range(n_batches)]
         inputs = Batch(torch.cat([b.x_p for b in batches]), torch.cat([b.x_r for b in batches]))
+        if self.dist is not None:  # every rank resamples from the same (global) inputs, so weights stay equal
+            inputs = Batch(gather_rows(inputs.x_p), gather_rows(inputs.x_r))
         generator = torch.Generator(self.device).manual_seed(self.config.seed + RESAMPLE_SEED_OFFSET + self.step)
         self.n_resampled += resample_dead_latents(self.model, self.optimizer, dead, inputs, generator, rs.encoder_scale)
         self.dead.since_fired[dead] = 0  # a fresh window for the new latents
@@ -327,7 +352,8 @@ class Trainer:
                 raise ConfigError(
                     f"{self.run_dir} already holds checkpoints: resume it (--resume) or choose a new folder"
                 )
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
         self.model.train()
         history: list[dict[str, Any]] = []
@@ -335,7 +361,7 @@ class Trainer:
             total=cfg.steps,
             initial=self.step,
             unit="step",
-            disable=not cfg.progress,
+            disable=not cfg.progress or not self.is_main,
             mininterval=0.1 if sys.stderr.isatty() else 10.0,  # a log file gets a line per 10 s, not per 0.1 s
             dynamic_ncols=True,
             desc=self.config.model.method.name,
