@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,6 +42,14 @@ from sdlkit.train import Trainer
 
 METHODS = {"TopK": {"name": "topk", "k": 8}, "Matryoshka": {"name": "matryoshka", "k": 8}}
 ANCHORS = 3  # of the 10 digit classes; the paper anchors 30 of ImageNet's 1000
+
+
+def anchor_cosine(trainer: Trainer) -> float | str:
+    """Mean cosine between the anchored latents' encoder rows and their class means ('-' without anchors)."""
+    if trainer.anchors is None:
+        return "-"
+    rows = torch.nn.functional.normalize(trainer.model.W_E[: trainer.anchors.k].detach(), dim=1)
+    return (rows * trainer.anchors.A).sum(1).mean().item()
 
 
 def sae_config(store: Path, method: dict, anchors: int, steps: int) -> dict:
@@ -100,7 +109,7 @@ def run(out: Path, steps: int, fresh: bool) -> str:
             twins[anchors] = (trainer, result, source)
         # twins are scored on the same classes: the anchored twin's anchors are left out of both
         anchored = twins[ANCHORS][0].anchors.indices
-        for anchors, (_trainer, result, source) in twins.items():
+        for anchors, (trainer, result, source) in twins.items():
             truth = known_directions(source)
             anchored_classes = [truth.names[i] for i in anchored]
             recovery = dictionary_recovery(result.model, truth.W_p, truth.W_r, exclude=anchored)
@@ -115,6 +124,7 @@ def run(out: Path, steps: int, fresh: bool) -> str:
                     "FVU": held_out["fvu"],
                     "L0": held_out["l0"],
                     "dead": held_out["never_fired_fraction"],
+                    "anchor cos": anchor_cosine(trainer),
                     "seconds": round(result.train_seconds, 1),
                 }
             )
@@ -138,7 +148,8 @@ anchoring: {ANCHORS} classes ({", ".join(anchored_classes)}), λ_anchor = 1.
 
 Recovery of the class-mean directions (normalised, uncentred, paper eq. 23–24) of the {scored} classes
 that are not anchored, at τ = 0.95: M_GT / M_IP from encoder rows (the paper's metric), `dec` from
-decoder columns. FVU, L0 and dead fraction from `sdlkit eval` on the {1000} held-out rows.
+decoder columns. FVU, L0 and dead fraction from `sdlkit eval` on the {1000} held-out rows; `anchor cos`:
+mean cosine of the anchored latents' encoder rows with their own class means.
 
 {table}
 
