@@ -19,7 +19,7 @@ def test_metrics_match_direct_computation_and_ignore_chunking():
         assert abs(m["mse"] - err.item() / 100) < 1e-5
         assert abs(m["fvu"] - (err / total).item()) < 1e-6
         assert m["l0"] == 3.0
-        assert abs(m["never_fired_fraction"] - (1 - (out.x_q != 0).any(0).float().mean().item())) < 1e-9
+        assert abs(m["never_fired_fraction"] - (1 - (out.x_q != 0).any(0).double().mean().item())) < 1e-12
 
 
 def test_crosscoder_gets_fvu_per_source():
@@ -34,3 +34,14 @@ def test_crosscoder_gets_fvu_per_source():
     assert "fvu_source_0" not in reconstruction_metrics(
         SparseDictionary(ModelConfig(n_in=8, n_latents=16, method="relu")), Batch(x, x)
     )
+
+
+def test_dense_fraction_counts_latents_firing_on_more_than_the_threshold():
+    torch.manual_seed(2)
+    model = SparseDictionary(ModelConfig(n_in=6, n_latents=20, method="relu"))
+    x = torch.randn(400, 6)
+    frequency = (model(x).x_q != 0).float().mean(0)
+    m = reconstruction_metrics(model, Batch(x, x), chunk_size=64)
+    assert m["n_samples"] == 400
+    assert abs(m["dense_fraction"] - (frequency > 0.1).float().mean().item()) < 1e-9
+    assert 0 < m["dense_fraction"] <= 1  # random ReLU codes fire on about half the inputs

@@ -1,4 +1,5 @@
-"""The `sdlkit` command: train, info, bench, theory, diagnose.
+"""The `sdlkit` command: train, info, bench, theory, diagnose (here) and harvest, eval, export, import
+(real model activations, in cli_activations.py).
 
 Errors in what the user gave (a bad option, config value, checkpoint) print one line on standard
 error and exit with status 2; a diverged run exits 3 after naming its last good checkpoint.
@@ -45,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     train.add_argument("--overwrite", action="store_true", help="delete the run folder first")
+    train.add_argument(
+        "--anchors-from",
+        choices=["ground_truth", "labels"],
+        default=None,
+        help="anchor latents to the bench's ground truth or to a labelled store's class means (sets train.anchors)",
+    )
+    train.add_argument("--anchors", type=int, default=None, metavar="K", help="number of anchored latents")
     _common(train)
     train.set_defaults(func=cmd_train)
 
@@ -115,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="write the census as JSON")
     _common(diagnose)
     diagnose.set_defaults(func=cmd_diagnose)
+
+    from sdlkit.cli_activations import add_commands
+
+    add_commands(sub, _common)
     return parser
 
 
@@ -127,22 +139,43 @@ def _checks() -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from sdlkit.config import load_yaml, run_config
     from sdlkit.data import build_source
+    from sdlkit.data.directions import has_known_directions, known_directions
     from sdlkit.report import format_table
-    from sdlkit.train import Trainer
+    from sdlkit.train import Trainer, distributed
 
     overrides = list(args.set)
     if args.device is not None:
         overrides.append(f"device={args.device}")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
-    config = run_config(load_yaml(args.config), overrides)
+    values = load_yaml(args.config)
+    if args.anchors_from is not None or args.anchors is not None:
+        anchors = (values.get("train") or {}).get("anchors") or {}
+        if args.anchors is None and "count" not in anchors:
+            raise SdlkitError(
+                "--anchors-from needs the number of anchors: --anchors K (the paper: 30 of ImageNet's 1000 classes, "
+                "100 of the bench's 1000 features)"
+            )
+        overrides += [f"train.anchors.count={args.anchors}"] if args.anchors is not None else []
+        overrides += [f"train.anchors.source={args.anchors_from}"] if args.anchors_from is not None else []
+    config = run_config(values, overrides)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     if args.overwrite and args.resume:
         raise SdlkitError("--overwrite and --resume contradict each other: choose one")
-    if args.overwrite and out.exists():
-        shutil.rmtree(out)
-    source = build_source(config.data, config.device)
-    result = Trainer(config, source, out).fit(resume=args.resume)
+    dist, device = distributed.from_environment(config.device)  # under torchrun: join the group
+    try:
+        if args.overwrite and out.exists() and (dist is None or dist.is_main):
+            shutil.rmtree(out)
+        if dist is not None:
+            config = config.model_copy(update={"device": device})
+            distributed.barrier()
+        source = build_source(config.data, config.device)
+        trainer = Trainer(config, source, out, dist=dist)
+        result = trainer.fit(resume=args.resume)
+    finally:
+        distributed.shutdown()
+    if not trainer.is_main:
+        return 0
     row = {
         "method": config.model.method.name,
         "steps": result.steps,
@@ -150,12 +183,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         **{k: result.metrics[k] for k in ("mse", "fvu", "l0", "dead_fraction")},
         "seconds": round(result.train_seconds, 1),
     }
-    if hasattr(source, "ground_truth"):  # bench data: the features are known, so say how many were found
+    if has_known_directions(source):  # bench ground truth or class means: say how many were found
         from sdlkit.recovery import dictionary_recovery
 
-        truth = source.ground_truth()
-        recovery = dictionary_recovery(result.model, truth["W_p"], truth["W_r"])
-        row.update({k: recovery[k] for k in ("gt_recovery", "max_inner_product", "gt_recovery_decoder")})
+        truth = known_directions(source)
+        anchored = trainer.anchors.indices if trainer.anchors is not None else []
+        recovery = dictionary_recovery(result.model, truth.W_p, truth.W_r, exclude=anchored)
+        keys = ("gt_recovery", "max_inner_product", "gt_recovery_decoder", "max_inner_product_decoder")
+        row.update({k: recovery[k] for k in keys})
+        if truth.kind == "labels":
+            print(f"recovery is scored against the class means of {len(truth.names) - len(anchored)} classes")
     print(format_table([row], list(row)))
     print(f"checkpoint: {result.checkpoint}")
     return 0
@@ -188,10 +225,18 @@ def cmd_info(args: argparse.Namespace) -> int:
         batch = run.get("train", {}).get("batch_size", 0)
         print(
             f"training    step {config['step']} of {run.get('train', {}).get('steps')} "
-            f"({config['step'] * batch:,} samples), data: {run.get('data', {}).get('mode', '?')} LRB"
+            f"({config['step'] * batch:,} samples), data: {_data_name(run.get('data', {}))}"
         )
     print("tensors     " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
     return 0
+
+
+def _data_name(data: dict) -> str:
+    if "store" in data:
+        modules = data.get("inputs") or ["all modules"]
+        targets = f" -> {', '.join(data['targets'])}" if data.get("targets") else ""
+        return f"store {data['store']} ({', '.join(modules)}{targets})"
+    return f"{data.get('mode', '?')} LRB"
 
 
 def _bench_methods() -> list[str]:

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sdlkit.data.lrb import LRBConfig, lrb_preset
 from sdlkit.errors import ConfigError, describe_validation_error
 from sdlkit.model import ModelConfig
+from sdlkit.store.config import StoreDataConfig
+from sdlkit.store.format import read_manifest
 
 RESAMPLE_SEED_OFFSET = 1_000_003
 """Resampling at step t draws from a generator seeded with seed + this + t: no state to save."""
@@ -54,7 +56,10 @@ class AnchorConfig(BaseModel):
     mode: Literal["soft", "hard"] = "soft"
     """'soft': the paper's penalty; 'hard': anchored rows and columns fixed to the anchors."""
     seed: int = 0
-    """Which ground-truth features become anchors: a random subset drawn with this seed."""
+    """Which features (or classes) become anchors: a random subset drawn with this seed."""
+    source: Literal["auto", "ground_truth", "labels"] = "auto"
+    """Where the anchors come from: the bench's ground-truth features, or the class means of a labelled
+    activation store (paper eq. 23–24); 'auto' takes whichever the data has."""
 
 
 class TrainConfig(BaseModel):
@@ -107,8 +112,9 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: LRBConfig
-    """The data: for now the Linear Representation Bench ({preset: quick} plus any overrides)."""
+    data: LRBConfig | StoreDataConfig
+    """The data: the Linear Representation Bench ({preset: quick} plus any overrides), or harvested
+    activations ({store: PATH, inputs: [...], targets: [...]})."""
     model: ModelConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     seed: int = 0
@@ -120,9 +126,13 @@ class RunConfig(BaseModel):
     @field_validator("data", mode="before")
     @classmethod
     def _data(cls, value: Any) -> Any:
+        if isinstance(value, dict) and ("store" in value or value.get("kind") == "store"):
+            return StoreDataConfig.from_dict(value)
         if isinstance(value, dict) and "preset" in value:
             overrides = {k: v for k, v in value.items() if k != "preset"}
             return lrb_preset(value["preset"], **overrides)
+        if isinstance(value, dict):
+            return LRBConfig.from_dict(value)
         return value
 
     @field_validator("device")
@@ -136,15 +146,8 @@ class RunConfig(BaseModel):
         """Fill n_in/n_out/blocks from the data when omitted; refuse values that contradict it."""
         if not isinstance(values, dict) or not isinstance(values.get("model"), dict):
             return values
-        data = values.get("data")
-        try:
-            if isinstance(data, dict) and "preset" in data:
-                data = cls._data(data)
-            if isinstance(data, dict):
-                data = LRBConfig.model_validate(data)
-        except (ValidationError, ValueError):
-            return values  # the `data` field's own validation reports it, under its full name
-        if not isinstance(data, LRBConfig):
+        data = cls._data(values.get("data"))
+        if not isinstance(data, LRBConfig | StoreDataConfig):
             return values
         model = dict(values["model"])
         for key, value in data_shape(data).items():
@@ -155,8 +158,20 @@ class RunConfig(BaseModel):
         return {**values, "model": model}
 
 
-def data_shape(data: LRBConfig) -> dict[str, Any]:
-    """n_in, n_out and the per-source blocks that an LRB config produces."""
+def data_shape(data: LRBConfig | StoreDataConfig) -> dict[str, Any]:
+    """n_in, n_out and the per-source blocks that the data produce (a store: from its manifest)."""
+    if isinstance(data, StoreDataConfig):
+        manifest = read_manifest(data.store)
+        dims = {name: spec.dim for name, spec in manifest.modules.items()}
+        inputs = data.inputs or list(dims)
+        targets = data.targets or inputs
+        unknown = [name for name in [*inputs, *targets] if name not in dims]
+        if unknown:
+            raise ConfigError(
+                f"data: module {unknown[0]!r} is not in the store {data.store}; it holds: {', '.join(dims)}"
+            )
+        in_blocks, out_blocks = [dims[n] for n in inputs], [dims[n] for n in targets]
+        return {"n_in": sum(in_blocks), "n_out": sum(out_blocks), "in_blocks": in_blocks, "out_blocks": out_blocks}
     if data.mode == "crosscoder":
         blocks = [data.n_p] * data.n_sources
         return {"n_in": sum(blocks), "n_out": sum(blocks), "in_blocks": blocks, "out_blocks": blocks}

@@ -29,6 +29,10 @@ class CheckpointError(SdlkitError):
     """A checkpoint is missing, corrupt, or from a different config."""
 
 
+class StoreError(SdlkitError):
+    """An activation store is missing, corrupt, incomplete, or does not match what was asked of it."""
+
+
 class TrainingDiverged(SdlkitError):
     """A batch or the loss became NaN or inf: training stopped before it could save bad weights."""
 

@@ -144,9 +144,15 @@ def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 # ----- dictionaries ---------------------------------------------------------------------------------
-def write_dictionary(folder: Path, model: torch.nn.Module, extra: dict[str, Any] | None = None) -> None:
-    """Write `config.json` + `weights.safetensors` for `model` into an existing (temporary) folder."""
-    save_tensors(folder / WEIGHTS_FILE, model.named_tensors())
+def write_dictionary(
+    folder: Path,
+    model: torch.nn.Module,
+    extra: dict[str, Any] | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write `config.json` + `weights.safetensors` for `model` (or `tensors` in its place: the same
+    names and shapes, e.g. weights folded for raw activations) into an existing (temporary) folder."""
+    save_tensors(folder / WEIGHTS_FILE, model.named_tensors() if tensors is None else tensors)
     config = {
         "format": "sdlkit-dictionary",
         "format_version": FORMAT_VERSION,

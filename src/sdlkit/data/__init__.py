@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from sdlkit.data.lrb import PRESETS, LRBConfig, LRBSource, lrb_preset
 from sdlkit.data.source import Batch, DataSource
 
+if TYPE_CHECKING:
+    from sdlkit.store import StoreDataConfig
 
-def build_source(config: LRBConfig, device: str | torch.device = "cpu") -> DataSource:
-    """The data source a config describes (the LRB for now; activation stores come later)."""
+
+def build_source(config: LRBConfig | StoreDataConfig, device: str | torch.device = "cpu") -> DataSource:
+    """The data source a config describes: the LRB, or an activation store."""
+    from sdlkit.store import StoreDataConfig, StoreSource  # the store reads LRB seeding: import it late
+
+    if isinstance(config, StoreDataConfig):
+        return StoreSource(config, device=device)
     return LRBSource(config, device=device)
 
 

@@ -55,15 +55,23 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def save_training_checkpoint(
-    run_dir: Path, step: int, model: torch.nn.Module, run_config: dict[str, Any], state: dict[str, Any], keep: int
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    run_config: dict[str, Any],
+    state: dict[str, Any],
+    keep: int,
+    weights: dict[str, torch.Tensor] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the checkpoint of `step` atomically, then delete all but the newest `keep`."""
+    """Write the checkpoint of `step` atomically, then delete all but the newest `keep`. `weights`
+    replaces the model's own tensors in weights.safetensors; `extra` goes into config.json."""
     skeleton, tensors = flatten_state(state, "state")
 
     def write(tmp: Path) -> None:
         save_tensors(tmp / STATE_TENSORS, tensors)
         write_json(tmp / STATE_JSON, skeleton)
-        write_dictionary(tmp, model, {"step": step, "run": run_config})
+        write_dictionary(tmp, model, {"step": step, "run": run_config, **(extra or {})}, tensors=weights)
 
     path = write_folder_atomically(checkpoint_dir(run_dir, step), write)
     for old in list_checkpoints(run_dir)[:-keep]:

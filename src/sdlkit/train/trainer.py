@@ -18,17 +18,29 @@ from tqdm.auto import tqdm
 
 from sdlkit.anchoring import AnchorPenalty, Anchors, apply_hard_anchors, ground_truth_anchors, zero_anchor_grads
 from sdlkit.config import RESAMPLE_SEED_OFFSET, RunConfig, TrainConfig
+from sdlkit.data.directions import known_directions
 from sdlkit.data.source import Batch, DataSource
 from sdlkit.errors import CheckpointError, ConfigError, ShapeError, TrainingDiverged
+from sdlkit.io import load_weights
 from sdlkit.metrics import reconstruction_metrics
 from sdlkit.model import SparseDictionary
 from sdlkit.objective import Objective, Term, TermContext
+from sdlkit.store.normalize import fold_scales
 from sdlkit.train.checkpoint import (
     RESUMABLE_CHANGES,
     config_differences,
     list_checkpoints,
     load_training_checkpoint,
     save_training_checkpoint,
+)
+from sdlkit.train.distributed import (
+    DistContext,
+    RankSlice,
+    any_rank,
+    average_gradients,
+    gather_rows,
+    local_batch_size,
+    mean_over_ranks,
 )
 from sdlkit.train.resample import DeadLatents, resample_dead_latents
 
@@ -60,7 +72,9 @@ class TrainResult:
 
 
 class Trainer:
-    """Trains `config.model` on `source`. With `run_dir`, logs and checkpoints there."""
+    """Trains `config.model` on `source`. With `run_dir`, logs and checkpoints there. With `dist` (see
+    sdlkit.train.distributed), this process is one rank of a data-parallel group: `train.batch_size` is
+    the global batch, this rank trains on its share, and only rank 0 writes."""
 
     def __init__(
         self,
@@ -69,10 +83,16 @@ class Trainer:
         run_dir: str | Path | None = None,
         extra_terms: list[Term] = (),
         anchors: Anchors | None = None,
+        dist: DistContext | None = None,
     ):
         self.config = config
         self.cfg = config.train
-        self.source = source
+        self.dist = dist
+        self.is_main = dist is None or dist.is_main
+        self.local_batch = (
+            self.cfg.batch_size if dist is None else local_batch_size(self.cfg.batch_size, dist.world_size)
+        )
+        self.source = source if dist is None else RankSlice(source, dist.rank, dist.world_size)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = torch.device(config.device)
         if (source.n_in, source.n_out) != (config.model.n_in, config.model.n_out):
@@ -103,25 +123,22 @@ class Trainer:
         self._reset_accumulators()
 
     def _anchors(self, given: Anchors | None) -> Anchors | None:
-        """The anchors to use: `given`, else drawn from the source's ground truth per train.anchors."""
+        """The anchors to use: `given`, else drawn from the source's known directions (ground truth or
+        class means) per train.anchors."""
         spec = self.cfg.anchors
         if spec is None:
             if given is not None:
                 raise ConfigError("anchors were given but train.anchors is not set (it holds weight and mode)")
             return None
         if given is None:
-            if not hasattr(self.source, "ground_truth"):
-                raise ConfigError(
-                    "train.anchors needs ground-truth features (Linear Representation Bench data) or anchors given "
-                    "to the Trainer (e.g. sdlkit.anchoring.class_mean_anchors)"
-                )
-            truth = self.source.ground_truth()
-            n_features = truth["W_p"].shape[1]
+            truth = known_directions(self.source, spec.source)
+            n_features = truth.W_p.shape[1]
             if spec.count > n_features:
+                what = "features" if truth.kind == "ground_truth" else "labelled classes"
                 raise ConfigError(
-                    f"train.anchors.count = {spec.count} is larger than the number of features n = {n_features}"
+                    f"train.anchors.count = {spec.count} is larger than the number of {what}: {n_features}"
                 )
-            given = ground_truth_anchors(truth["W_p"], truth["W_r"], spec.count, spec.seed)
+            given = ground_truth_anchors(truth.W_p, truth.W_r, spec.count, spec.seed)
         if given.k != spec.count:
             raise ConfigError(f"train.anchors.count = {spec.count} but {given.k} anchors were given")
         if given.k > self.model.n_latents:
@@ -170,6 +187,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self._acc = {k: v.to(self.device) for k, v in state["acc"].items()}
         self._acc_steps = state["acc_steps"]
+        if "train_weights" in state:  # the checkpoint's weights.safetensors holds the folded ones
+            load_weights(self.model, state["train_weights"], Path("trainer state"))
 
     def resume(self) -> Path:
         """Restore the latest checkpoint of `run_dir`; refuse one written under a different config."""
@@ -196,11 +215,33 @@ class Trainer:
     def _config_json(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")
 
-    def save_checkpoint(self) -> Path | None:
-        if self.run_dir is None:
+    def folded_weights(self) -> dict[str, torch.Tensor] | None:
+        """The weights for raw activations when the source normalises them (a store with
+        `normalize: true`), else None: W_E and W_D/b_D absorb the per-block scales (see fold_scales)."""
+        in_scales, out_scales = getattr(self.source, "in_scales", None), getattr(self.source, "out_scales", None)
+        if in_scales is None or all(s == 1.0 for s in [*in_scales, *out_scales]):
             return None
+        tensors = {k: v.detach() for k, v in self.model.named_tensors().items()}
+        return fold_scales(tensors, self.source.in_blocks, self.source.out_blocks, in_scales, out_scales)
+
+    def save_checkpoint(self) -> Path | None:
+        """A checkpoint whose weights.safetensors is for raw activations (folded when the data were
+        normalised; the trainer state then keeps the training-space weights for exact resume)."""
+        if self.run_dir is None or not self.is_main:
+            return None
+        state, extra, folded = self.state(), {}, self.folded_weights()
+        if folded is not None:
+            state["train_weights"] = self.model.named_tensors()
+            extra["normalization"] = {"in_scales": self.source.in_scales, "out_scales": self.source.out_scales}
         self.last_checkpoint = save_training_checkpoint(
-            self.run_dir, self.step, self.model, self._config_json(), self.state(), self.cfg.keep_checkpoints
+            self.run_dir,
+            self.step,
+            self.model,
+            self._config_json(),
+            state,
+            self.cfg.keep_checkpoints,
+            weights=folded,
+            extra=extra,
         )
         return self.last_checkpoint
 
@@ -220,7 +261,10 @@ class Trainer:
 
     def _log(self, samples_per_s: float) -> dict[str, Any]:
         record: dict[str, Any] = {"step": self.step, "samples": self.step * self.cfg.batch_size}
-        record.update({k: (v / self._acc_steps).item() for k, v in self._acc.items()})
+        means = {k: v / self._acc_steps for k, v in self._acc.items()}
+        if self.dist is not None:
+            means = mean_over_ranks(means, self.dist.world_size)
+        record.update({k: v.item() for k, v in means.items()})
         record.update(
             dead_fraction=self.dead.dead.float().mean().item(),
             lr=self.scheduler.get_last_lr()[0],
@@ -228,14 +272,14 @@ class Trainer:
             resampled=self.n_resampled,
         )
         self._reset_accumulators()
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.is_main:
             with open(self.run_dir / METRICS_FILE, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
         return record
 
     # ----- the loop -----------------------------------------------------------------------------------
     def _next_batch(self) -> Batch:
-        batch = self.source.batch(self.position, self.cfg.batch_size)
+        batch = self.source.batch(self.position, self.local_batch)
         self.position += 1
         return batch
 
@@ -258,6 +302,8 @@ class Trainer:
         if not torch.isfinite(loss):
             self._diverged(batch, "loss")
         loss.backward()
+        if self.dist is not None:
+            average_gradients(list(model.parameters()), self.dist.world_size)
         if model.config.unit_norm_decoder:
             model.project_decoder_grad()
         hard_anchors = self.anchors is not None and self.cfg.anchors.mode == "hard"
@@ -270,7 +316,7 @@ class Trainer:
         model.post_step()
         if hard_anchors:
             apply_hard_anchors(model, self.anchors)
-        self.dead.update_fired(fired, len(batch))
+        self.dead.update_fired(fired if self.dist is None else any_rank(fired), self.cfg.batch_size)
         self._accumulate(parts, loss, nonzeros / len(batch))
 
     def _maybe_resample(self) -> None:
@@ -283,6 +329,8 @@ class Trainer:
         n_batches = math.ceil(rs.n_inputs / self.cfg.batch_size)
         batches = [self._next_batch() for _ in range(n_batches)]
         inputs = Batch(torch.cat([b.x_p for b in batches]), torch.cat([b.x_r for b in batches]))
+        if self.dist is not None:  # every rank resamples from the same (global) inputs, so weights stay equal
+            inputs = Batch(gather_rows(inputs.x_p), gather_rows(inputs.x_r))
         generator = torch.Generator(self.device).manual_seed(self.config.seed + RESAMPLE_SEED_OFFSET + self.step)
         self.n_resampled += resample_dead_latents(self.model, self.optimizer, dead, inputs, generator, rs.encoder_scale)
         self.dead.since_fired[dead] = 0  # a fresh window for the new latents
@@ -296,7 +344,8 @@ class Trainer:
                 raise ConfigError(
                     f"{self.run_dir} already holds checkpoints: resume it (--resume) or choose a new folder"
                 )
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
         self.model.train()
         history: list[dict[str, Any]] = []
@@ -304,7 +353,7 @@ class Trainer:
             total=cfg.steps,
             initial=self.step,
             unit="step",
-            disable=not cfg.progress,
+            disable=not cfg.progress or not self.is_main,
             mininterval=0.1 if sys.stderr.isatty() else 10.0,  # a log file gets a line per 10 s, not per 0.1 s
             dynamic_ncols=True,
             desc=self.config.model.method.name,

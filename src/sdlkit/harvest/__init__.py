@@ -1,0 +1,28 @@
+"""Activations from real models (Hugging Face transformers, CLIP) into an activation store, and the splice
+evaluation (CE loss recovered, KL) of a dictionary put back into a language model.
+
+    from sdlkit.harvest import harvest
+    harvest("gpt2", "transformer.h.6", "texts.txt", "stores/gpt2-h6", max_rows=1_000_000)
+
+transformers, tokenizers, pillow and pyarrow are the optional extra `pip install sdlkit[models]`; they
+are imported only when a model, an image or a Parquet file is actually read.
+"""
+
+from sdlkit.harvest.datasets import Dataset, open_dataset
+from sdlkit.harvest.models import LoadedModel, ModuleSpec, list_modules, load_model, module_table, parse_modules
+from sdlkit.harvest.run import check_store_matches_model, harvest
+from sdlkit.harvest.splice import splice_metrics
+
+__all__ = [
+    "Dataset",
+    "LoadedModel",
+    "ModuleSpec",
+    "check_store_matches_model",
+    "harvest",
+    "list_modules",
+    "load_model",
+    "module_table",
+    "open_dataset",
+    "parse_modules",
+    "splice_metrics",
+]

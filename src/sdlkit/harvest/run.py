@@ -1,0 +1,375 @@
+"""The harvest loop: run models over a dataset and write the activations of named modules into a store.
+
+Batches are the fixed sample ranges [b·B, (b+1)·B) of the dataset, so a resumed harvest forms exactly the
+batches of an uninterrupted one (same composition, same padding: bit-identical activations). A module
+output [B, T, D] gives one row per token (text: real tokens only, padding and by default special tokens
+excluded; images: every token); [B, D] gives one row per sample. Rows are in sample order, tokens in
+order. Shards are committed only at batch boundaries (StoreWriter.end_batch), and an exception or Ctrl-C
+leaves the store resumable.
+
+Budgets: `max_samples` harvests the first that many samples; `max_rows` stops at the first batch boundary
+where at least that many rows are stored, so a store may hold up to one batch of rows more.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sdlkit.errors import ConfigError, StoreError
+from sdlkit.harvest.datasets import Dataset, open_dataset
+from sdlkit.harvest.hooks import Recorder
+from sdlkit.harvest.models import (
+    LoadedModel,
+    ModuleSpec,
+    check_context_size,
+    load_model,
+    parse_dtype,
+    parse_modules,
+    resolve_device,
+)
+from sdlkit.store import StoreManifest, StoreWriter
+from sdlkit.store.writer import resumable_manifest
+
+SKIPPED_IMAGES = "undecodable_images"
+
+
+@dataclass
+class Prepared:
+    """One batch ready for the models: inputs per model (CPU), which samples it holds, and the token mask."""
+
+    inputs: list[dict[str, torch.Tensor]]
+    index: torch.Tensor  # int64 [B]: dataset index of each sample in the batch
+    mask: torch.Tensor | None  # bool [B, T]: the tokens that give rows (text only)
+    skipped: int  # samples of the range that could not be decoded
+
+
+def harvest(
+    model: str | list[str],
+    modules: str | list[str],
+    data: str,
+    out: str,
+    *,
+    context_size: int = 128,
+    batch_size: int = 32,
+    max_rows: int | None = None,
+    max_samples: int | None = None,
+    device: str = "auto",
+    model_dtype: str = "float32",
+    store_dtype: str = "float32",
+    include_special: bool = False,
+    text_column: str = "text",
+    label_column: str | None = None,
+    split: str = "train",
+    resume: bool = False,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    shard_rows: int = 65536,
+    progress: bool = True,
+) -> StoreManifest:
+    """Harvest the activations of `modules` of `model` (one, or several for crosscoders) over `data` into
+    the store `out`; returns the store's manifest. Keyword options mirror `sdlkit harvest`:
+
+    model: hub names or local folders; modules: `[i:]NAME[:input]` specs (comma-separated or a list; `i:`
+    required with several models; `clip:pooled` / `clip:projected` aliases); data: .txt, .jsonl, .parquet,
+    an image folder, or a hub dataset (needs `datasets`; `split`); context_size: tokens per text (truncated);
+    batch_size: samples per forward pass, also the unit of resume; max_rows / max_samples: budgets (see the
+    module docstring); device: cpu, cuda[:N] or auto; model_dtype / store_dtype: float32, bfloat16, float16;
+    include_special: also record special tokens (BOS, EOS, ...); text_column / label_column: columns of
+    .jsonl/.parquet; resume: continue the incomplete store `out` (same options required); overwrite: replace
+    an existing store; trust_remote_code: run the model repository's own code; shard_rows: rows per shard.
+    """
+    _check_counts(context_size=context_size, batch_size=batch_size, max_rows=max_rows, max_samples=max_samples)
+    names = [model] if isinstance(model, str) else list(model)
+    if not names:
+        raise ConfigError("no model given: pass --model NAME_OR_PATH")
+    _precheck_store(out, resume, overwrite)
+    dataset = open_dataset(data, text_column=text_column, label_column=label_column, split=split)
+    torch_dtype = parse_dtype(model_dtype, "--model-dtype")
+    store_torch_dtype = parse_dtype(store_dtype, "--store-dtype")
+    target = resolve_device(device)
+    loaded = [load_model(n, device=target, dtype=torch_dtype, trust_remote_code=trust_remote_code) for n in names]
+    _check_models(loaded, dataset, context_size)
+    specs = parse_modules(modules, [m.model for m in loaded], names)
+    job = _Job(loaded, specs, dataset, _Preparer(loaded, dataset, context_size, include_special), target)
+    dims = probe_dims(loaded, specs, job.prepare.probe(), target)
+    source = {
+        "models": [_source_name(n) for n in names],
+        "modules": [spec.key for spec in specs],
+        "data": _source_name(data),
+        "kind": dataset.kind,
+        "text_column": text_column if dataset.kind == "text" else None,
+        "label_column": label_column,
+        "split": split if not Path(data).expanduser().exists() else None,
+        "context_size": context_size if dataset.kind == "text" else None,
+        "batch_size": batch_size,
+        "model_dtype": model_dtype,
+        "store_dtype": store_dtype,
+        "include_special": include_special,
+        "max_rows": max_rows,
+        "max_samples": max_samples,
+        "trust_remote_code": trust_remote_code,
+        "sdlkit_version": _version(),
+    }
+    if resume:
+        writer = StoreWriter.resume(out, modules=dims, source=source, shard_rows=shard_rows)
+    else:
+        writer = StoreWriter.create(
+            out,
+            dims,
+            store_torch_dtype,
+            labels=dataset.label_names,
+            source=source,
+            shard_rows=shard_rows,
+            overwrite=overwrite,
+        )
+    n_samples = len(dataset) if max_samples is None else min(len(dataset), max_samples)
+    start = writer.next_sample
+    if start % batch_size and start < n_samples:
+        raise ConfigError(f"cannot resume {out}: it stopped at sample {start}, not at a batch boundary of {batch_size}")
+    with writer:  # an exception (or Ctrl-C) closes the store incomplete, so --resume continues it
+        _loop(writer, job, range(start, n_samples, batch_size), n_samples, max_rows, progress)
+    return writer.manifest.model_copy(deep=True)
+
+
+@dataclass
+class _Job:
+    """What a harvest runs: the models, the recorded modules, the data and how batches are prepared."""
+
+    loaded: list[LoadedModel]
+    specs: list[ModuleSpec]
+    dataset: Dataset
+    prepare: _Preparer
+    device: torch.device
+
+    def append(self, writer: StoreWriter, batch: Prepared) -> None:
+        """Run the models on one prepared batch and append its rows to the store."""
+        if len(batch.index):
+            acts, sample = _rows(record_batch(self.loaded, self.specs, batch, self.device), batch)
+            labels = self.dataset.labels
+            writer.append(acts, sample, labels[sample] if labels is not None else None)
+
+
+def _loop(writer: StoreWriter, job: _Job, starts: range, n_samples: int, max_rows: int | None, progress: bool) -> None:
+    """Harvest batch after batch (batch b = samples [starts[b], starts[b] + step)); the next batch is prepared in
+    a thread while the models run."""
+    first = starts.start if starts else n_samples
+    began, rows_before = time.perf_counter(), writer.rows
+    bar = tqdm(total=n_samples, initial=first, unit="sample", disable=not progress, desc="harvest", dynamic_ncols=True)
+    with bar, ThreadPoolExecutor(max_workers=1) as pool:
+        pending: Future | None = None
+        for position, begin in enumerate(starts):
+            if max_rows is not None and writer.rows >= max_rows:
+                break
+            stop = min(begin + starts.step, n_samples)
+            batch = pending.result() if pending is not None else job.prepare(begin, stop)
+            if position + 1 < len(starts):
+                pending = pool.submit(job.prepare, stop, min(stop + starts.step, n_samples))
+            job.append(writer, batch)
+            writer.end_batch(stop, {SKIPPED_IMAGES: batch.skipped} if job.dataset.kind == "image" else None)
+            bar.update(stop - begin)
+            rate = (writer.rows - rows_before) / max(time.perf_counter() - began, 1e-9)
+            bar.set_postfix(rows=writer.rows, rows_s=f"{rate:.0f}", refresh=False)
+
+
+def record_batch(
+    loaded: list[LoadedModel], specs: list[ModuleSpec], batch: Prepared, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """The tensors of every spec for one batch, as the modules give them (on `device`)."""
+    records: dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        for i, item in enumerate(loaded):
+            mine = [spec for spec in specs if spec.model_index == i]
+            if not mine:
+                continue
+            inputs = {k: _to_model(v, item.model, device) for k, v in batch.inputs[i].items()}
+            with Recorder(item.model, mine) as recorder:
+                records.update(recorder.run(lambda m=item.model, x=inputs: _forward(m, x)))
+    return {spec.key: records[spec.key] for spec in specs}
+
+
+def _rows(records: dict[str, torch.Tensor], batch: Prepared) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Rows per module ([rows, D]) and the dataset sample of each row; per-token outputs keep masked tokens."""
+    acts: dict[str, torch.Tensor] = {}
+    sample = batch.index
+    for key, x in records.items():
+        if x.ndim == 2:
+            acts[key] = x
+            continue
+        mask = batch.mask if batch.mask is not None else torch.ones(x.shape[:2], dtype=torch.bool)
+        if tuple(x.shape[:2]) != tuple(mask.shape):
+            raise ConfigError(
+                f"module {key!r} gives shape {list(x.shape)}, not one vector per token of the batch {list(mask.shape)}"
+            )
+        acts[key] = x[mask.to(x.device)]
+        sample = batch.index[:, None].expand(mask.shape)[mask]
+    return acts, sample
+
+
+def _forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Any:
+    """One forward pass; a full CLIPModel runs its image path only (no text needed)."""
+    if type(model).__name__ == "CLIPModel":
+        return model.get_image_features(**inputs)
+    return model(**inputs)
+
+
+def _to_model(x: torch.Tensor, model: nn.Module, device: torch.device) -> torch.Tensor:
+    if x.is_floating_point():
+        return x.to(device, next(model.parameters()).dtype)
+    return x.to(device)
+
+
+# ----- batch preparation ----------------------------------------------------------------------------
+class _Preparer:
+    """Turns a sample range into model inputs: tokens (shared by all models) or processed pixels (per model)."""
+
+    def __init__(self, loaded: list[LoadedModel], dataset: Dataset, context_size: int, include_special: bool):
+        self.loaded, self.dataset, self.context_size = loaded, dataset, context_size
+        tokenizer = loaded[0].tokenizer
+        special = [] if include_special or tokenizer is None else sorted(set(tokenizer.all_special_ids))
+        self.special = torch.tensor(special, dtype=torch.int64)
+
+    def __call__(self, start: int, stop: int) -> Prepared:
+        samples = self.dataset.load(start, stop)
+        if not samples.items:
+            return Prepared([], samples.index, None, samples.skipped)
+        if self.dataset.kind == "text":
+            return self._text(samples.items, samples.index)
+        inputs = [{"pixel_values": _pixels(m, samples.items)} for m in self.loaded]
+        return Prepared(inputs, samples.index, None, samples.skipped)
+
+    def probe(self) -> Prepared:
+        """A one-sample batch to learn the modules' shapes: the first text, or a blank image."""
+        if self.dataset.kind == "text":
+            return self._text(self.dataset.load(0, 1).items, torch.zeros(1, dtype=torch.int64))
+        from PIL import Image
+
+        blank = [Image.new("RGB", (64, 64))]
+        return Prepared(
+            [{"pixel_values": _pixels(m, blank)} for m in self.loaded], torch.zeros(1, dtype=torch.int64), None, 0
+        )
+
+    def _text(self, texts: list[str], index: torch.Tensor) -> Prepared:
+        encoded = self.loaded[0].tokenizer(
+            texts, padding=True, truncation=True, max_length=self.context_size, return_tensors="pt"
+        )
+        ids, attention = encoded["input_ids"], encoded["attention_mask"]
+        mask = attention.bool() & ~torch.isin(ids, self.special)
+        inputs = {"input_ids": ids, "attention_mask": attention}
+        return Prepared([inputs] * len(self.loaded), index, mask, 0)
+
+
+def _pixels(loaded: LoadedModel, images: list[Any]) -> torch.Tensor:
+    return loaded.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+# ----- checks -----------------------------------------------------------------------------------------
+def probe_dims(
+    loaded: list[LoadedModel], specs: list[ModuleSpec], probe: Prepared, device: torch.device
+) -> dict[str, int]:
+    """Module key -> width, from one small forward pass; all modules must give rows the same way."""
+    records = record_batch(loaded, specs, probe, device)
+    per_token = {key: x.ndim == 3 for key, x in records.items()}
+    for key, x in records.items():
+        if x.ndim not in (2, 3):
+            raise ConfigError(
+                f"module {key!r} gives shape {list(x.shape)}; a harvest needs [batch, dim] or [batch, tokens, dim]"
+            )
+    if len(set(per_token.values())) > 1:
+        token = next(k for k, v in per_token.items() if v)
+        sample = next(k for k, v in per_token.items() if not v)
+        raise ConfigError(
+            f"modules give rows differently: {token!r} one per token [B, T, D], {sample!r} one per sample [B, D]; "
+            "harvest them into separate stores"
+        )
+    return {key: int(x.shape[-1]) for key, x in records.items()}
+
+
+def check_store_matches_model(store_manifest: StoreManifest, model: nn.Module, modules: list[str] | str) -> None:
+    """ConfigError unless every module of `modules` is in the store with the width the model gives it."""
+    if isinstance(modules, str):
+        modules = [modules]
+    specs = parse_modules(modules, [model])
+    stored = store_manifest.dims
+    for spec in specs:
+        if spec.key not in stored:
+            raise ConfigError(f"module {spec.key!r} is not in the store; it holds {', '.join(stored)}")
+    device = next(model.parameters()).device
+    dims = probe_dims([LoadedModel("model", model, "text")], specs, _dummy_batch(model), device)
+    for key, dim in dims.items():
+        if stored[key] != dim:
+            raise ConfigError(
+                f"module {key!r} has dim {stored[key]} in the store but {dim} in the model; "
+                "evaluate with the model the store was harvested from"
+            )
+
+
+def _dummy_batch(model: nn.Module) -> Prepared:
+    """A tiny input for a shape probe: two tokens, or a blank image of the model's size."""
+    from sdlkit.harvest.models import model_kind
+
+    one = torch.zeros(1, dtype=torch.int64)
+    if model_kind(model) == "text":
+        ids = torch.zeros(1, 2, dtype=torch.int64)
+        return Prepared([{"input_ids": ids, "attention_mask": torch.ones_like(ids)}], one, torch.ones(1, 2).bool(), 0)
+    config = getattr(model.config, "vision_config", model.config)
+    size, channels = config.image_size, getattr(config, "num_channels", 3)
+    return Prepared([{"pixel_values": torch.zeros(1, channels, size, size)}], one, None, 0)
+
+
+def _check_models(loaded: list[LoadedModel], dataset: Dataset, context_size: int) -> None:
+    for item in loaded:
+        if item.kind == "text":
+            check_context_size(item.model, context_size, item.name)
+        if item.kind != dataset.kind:
+            raise ConfigError(
+                f"model {item.name} takes {'images' if item.kind == 'image' else 'text'} but {dataset.path} "
+                f"holds {dataset.kind} samples; give {'an image folder' if item.kind == 'image' else 'a text file'}"
+            )
+    if dataset.kind == "text" and len(loaded) > 1:
+        vocab = loaded[0].tokenizer.get_vocab()
+        for item in loaded[1:]:
+            other = item.tokenizer.get_vocab()
+            if other != vocab:
+                raise ConfigError(
+                    f"models {loaded[0].name} and {item.name} have different tokenizer vocabularies "
+                    f"({len(vocab)} vs {len(other)} tokens); a crosscoder harvest needs one shared tokenizer "
+                    "so that token rows align"
+                )
+
+
+def _precheck_store(out: str, resume: bool, overwrite: bool) -> None:
+    """Refuse a store folder that cannot be used before any model is loaded (the writer checks it all again)."""
+    folder = Path(out)
+    if resume:
+        resumable_manifest(folder)
+    elif not overwrite and folder.is_dir() and any(folder.iterdir()):
+        raise StoreError(
+            f"{folder} already exists and is not empty; resume it (--resume), replace it (--overwrite) "
+            "or choose another folder"
+        )
+
+
+def _check_counts(**counts: int | None) -> None:
+    for name, value in counts.items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"--{name.replace('_', '-')} = {value!r} is not allowed: it must be a positive integer")
+
+
+def _source_name(name: str) -> str:
+    """A local path as an absolute path (a resume from another folder compares equal); a hub name as given."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def _version() -> str:
+    from sdlkit import __version__
+
+    return __version__

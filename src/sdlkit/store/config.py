@@ -1,0 +1,76 @@
+"""StoreDataConfig: the `data:` section of a run config that trains on a harvested activation store."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from sdlkit.errors import ConfigError, describe_validation_error
+
+
+class StoreDataConfig(BaseModel):
+    """Which store, which modules feed x_p and x_r, and how rows are normalised, shuffled and held out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["store"] = Field("store", description="Data kind tag: an activation store on disk.")
+    store: str = Field(description="Path of the store folder (written by the harvester).")
+    inputs: list[str] | None = Field(
+        None, description="Modules concatenated (in this order) into x_p; default: every module of the store."
+    )
+    targets: list[str] | None = Field(
+        None,
+        description="Modules concatenated into x_r; default: the inputs (an SAE; x_r is then the same tensor). "
+        "A transcoder names the MLP output here, a crosscoder the same list as inputs.",
+    )
+    normalize: bool = Field(
+        False,
+        description="Scale each module by 1/sqrt(E‖x‖²) so that E‖x‖² = 1 (per module, from the store's "
+        "statistics); sdlkit.store.fold_scales turns a model trained this way into one for raw activations.",
+    )
+    shuffle_buffer: int = Field(
+        262144, description="Rows held in memory for shuffling: rows are permuted within windows of about this size."
+    )
+    eval_rows: int = Field(
+        4096,
+        description="Held-out rows for evaluation, never trained on: the last rows of the store, extended back to "
+        "the start of their first dataset sample so that no sample is split between training and evaluation.",
+    )
+    seed: int = Field(0, description="Seeds the shard and row order of every epoch.")
+    verify: bool = Field(True, description="Check each shard's SHA-256 when it is first loaded.")
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        if not value:
+            raise ValueError("store must be the path of a store folder")
+        return value
+
+    @field_validator("inputs", "targets")
+    @classmethod
+    def _modules(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError(f"{info.field_name} must name at least one module, or be null for the default")
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{info.field_name} names {repeated} more than once")
+        return value
+
+    @field_validator("shuffle_buffer", "eval_rows")
+    @classmethod
+    def _at_least_one(cls, value: int, info: ValidationInfo) -> int:
+        if value < 1:
+            raise ValueError(f"{info.field_name} must be >= 1")
+        return value
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, root: str = "data") -> StoreDataConfig:
+        """Validate `values`; any problem becomes a one-line ConfigError naming `root`.field."""
+        try:
+            return cls.model_validate(dict(values))
+        except ValidationError as err:
+            raise ConfigError(describe_validation_error(err, root, cls)) from None
