@@ -167,9 +167,8 @@ def test_batch_topk_over_chunks_is_the_batch_wide_topk(rows_per_chunk):
         assert torch.equal(pre, z.reshape(-1)[flat]) and pattern.n_rows == 256
 
 
-def test_pattern_is_in_csr_order_and_decode_matches_dense():
-    pattern = SparsePattern.from_flat(torch.tensor([17, 3, 9, 38, 22]), n_rows=4, n_latents=10)
-    assert pattern.rows.tolist() == [0, 0, 1, 2, 3] and pattern.latents.tolist() == [3, 9, 7, 2, 8]
+def test_pattern_groupings_and_decode_match_dense():
+    pattern = SparsePattern(torch.tensor([0, 0, 1, 2, 3]), torch.tensor([3, 9, 7, 2, 8]), n_rows=4, n_latents=10)
     assert pattern.row_offsets().tolist() == [0, 2, 3, 4]
     perm, offsets = pattern.by_latent()
     assert pattern.latents[perm].tolist() == [2, 3, 7, 8, 9] and offsets.tolist() == [0, 0, 0, 1, 2, 2, 2, 2, 3, 4]

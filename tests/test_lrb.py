@@ -138,6 +138,23 @@ def test_codes_statistics() -> None:
     assert src.true_l0 == pytest.approx(cfg.n_features * p)
 
 
+def test_active_entries_are_independent_bernoulli_per_position() -> None:
+    """Drawn as geometric gaps, the activity pattern must still be i.i.d. Bernoulli(1 − S) per entry:
+    right rate in every column, binomial row counts, no correlation between neighbouring entries."""
+    src = LRBSource(lrb_preset("tiny", S=0.7))
+    active = (src.codes(0, 4000) != 0).double()
+    p, n = 0.3, active.shape[1]
+    sd = math.sqrt(p * (1 - p) / active.shape[0])
+    assert ((active.mean(dim=0) - p).abs() < 4.5 * sd).all()
+    counts = active.sum(dim=1)
+    assert abs(counts.var().item() / (n * p * (1 - p)) - 1) < 0.1  # Binomial(n, p) variance
+    flat = active.reshape(-1) - p
+    lag1 = (flat[1:] * flat[:-1]).mean().item() / (p * (1 - p))
+    assert abs(lag1) < 4.5 / math.sqrt(flat.numel())
+    dense = LRBSource(lrb_preset("tiny", S=0.0)).codes(0, 16)
+    assert (dense > 0).all()  # S = 0: every entry active
+
+
 def test_inactive_entries_are_exact_zeros_and_fixed_set_same_distribution() -> None:
     src = LRBSource(lrb_preset("tiny", n_samples=3000))
     x = src.training_set_codes()

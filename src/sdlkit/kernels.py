@@ -6,7 +6,8 @@ B·n_in·n_q each. A TopK-family σ keeps only nnz ≈ k·B entries, where σ(z)
 
 - `encode_entries`: the active entries of z with a gradient whose backward builds ∇W_E, ∇b_E (and
   ∇x_p) from those entries alone (an embedding bag over x_p, one bag per latent): cost nnz·n_in, no
-  [B, n_q] gradient. z itself is computed once, without autograd, only to choose the entries.
+  [B, n_q] gradient. z itself is computed without autograd, a block of rows at a time (the
+  `select_*` functions read it so), only to choose the entries: [B, n_q] never exists whole.
 - `decode_entries`: x̂[b] = Σ_entries v · W_D[:, latent] as an embedding bag over the columns of W_D
   (cost nnz·n_out); its backward takes ∇v from a sampled matmul (only the nnz dot products of the
   pattern) and ∇W_D from an embedding bag over ∇x̂, one bag per latent.
@@ -62,12 +63,6 @@ class SparsePattern:
         rows = torch.cat([p.rows + start for p, start in zip(patterns, row_starts, strict=True)])
         latents = torch.cat([p.latents for p in patterns])
         return cls(rows, latents, row_starts[-1] + patterns[-1].n_rows, patterns[0].n_latents)
-
-    @classmethod
-    def from_flat(cls, flat: torch.Tensor, n_rows: int, n_latents: int) -> SparsePattern:
-        """The pattern of the flat (row-major) indices `flat` [nnz] into [n_rows, n_latents], any order."""
-        flat = _sort(flat)[0]
-        return cls(flat // n_latents, flat % n_latents, n_rows, n_latents)
 
     @property
     def nnz(self) -> int:
