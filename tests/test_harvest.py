@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, CLIPImageProcessorPil
 import sdlkit.harvest.run as run_module
 from hf_tiny import TEXTS, WORDS, one_thread, save_tokenizer, tiny_clip, tiny_lm  # noqa: F401 (autouse fixture)
 from sdlkit.errors import ConfigError, SdlkitError
-from sdlkit.harvest import check_store_matches_model, harvest, list_modules, load_model
+from sdlkit.harvest import check_store_matches_model, harvest, list_modules, load_model, open_dataset
 from sdlkit.store.reader import ActivationStore
 
 
@@ -72,6 +72,7 @@ def test_rows_equal_hidden_states_at_real_tokens(arch, tmp_path, text_file):
         context_size=9,
         device="cpu",
         progress=False,
+        shuffle_seed=None,
         shard_rows=16,
     )
     assert manifest.progress.complete and list(manifest.modules) == [f"{block}.0", f"{block}.1", f"{mlp}:input", mlp]
@@ -99,6 +100,7 @@ def test_special_tokens_kept_on_request(gpt2, tmp_path, text_file):
         include_special=True,
         device="cpu",
         progress=False,
+        shuffle_seed=None,
     )
     want, samples = expected_rows(gpt2, TEXTS, [0], context=9, include_special=True)
     stored = read_store(tmp_path / "s")
@@ -147,7 +149,7 @@ def test_labels_from_jsonl_and_parquet_columns(gpt2, tmp_path):
     jsonl.write_text("".join(json.dumps({"body": t, "kind": animals[i % 3]}) + "\n" for i, t in enumerate(TEXTS)))
     parquet = tmp_path / "d.parquet"
     pq.write_table(pa.table({"text": TEXTS, "y": [i % 4 for i in range(len(TEXTS))]}), parquet)
-    opts = dict(batch_size=8, context_size=10, device="cpu", progress=False)
+    opts = dict(batch_size=8, context_size=10, device="cpu", progress=False, shuffle_seed=None)
     m1 = harvest(
         str(gpt2), "transformer.h.0", str(jsonl), str(tmp_path / "s1"), text_column="body", label_column="kind", **opts
     )
@@ -189,6 +191,7 @@ def test_two_models_for_a_crosscoder(tmp_path, text_file):
         context_size=10,
         device="cpu",
         progress=False,
+        shuffle_seed=None,
     )
     stored = read_store(tmp_path / "s")
     for key, folder in (("0:transformer.h.1", a), ("1:transformer.h.1", b)):
@@ -197,7 +200,15 @@ def test_two_models_for_a_crosscoder(tmp_path, text_file):
         torch.testing.assert_close(stored[key], want[1], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(stored["0:transformer.h.1"], stored["1:transformer.h.1"])
     with pytest.raises(ConfigError, match="needs a model prefix"):
-        harvest([str(a), str(b)], "transformer.h.1", str(text_file), str(tmp_path / "t"), device="cpu", progress=False)
+        harvest(
+            [str(a), str(b)],
+            "transformer.h.1",
+            str(text_file),
+            str(tmp_path / "t"),
+            device="cpu",
+            progress=False,
+            shuffle_seed=None,
+        )
     other = tiny_lm(tmp_path / "c", vocab_words=[*WORDS, "zebra"])
     with pytest.raises(ConfigError, match="different tokenizer vocabularies"):
         harvest(
@@ -207,6 +218,7 @@ def test_two_models_for_a_crosscoder(tmp_path, text_file):
             str(tmp_path / "u"),
             device="cpu",
             progress=False,
+            shuffle_seed=None,
         )
 
 
@@ -239,6 +251,7 @@ def test_clip_pooled_and_projected_embeddings(kind, tmp_path, image_folder):
         batch_size=3,
         device="cpu",
         progress=False,
+        shuffle_seed=None,
     )
     assert list(manifest.modules) == ["vision_model.post_layernorm", "visual_projection"]
     assert manifest.modules["visual_projection"].dim == 16 and manifest.labels == ["cat", "dog"]
@@ -268,6 +281,7 @@ def test_clip_pooled_and_projected_embeddings(kind, tmp_path, image_folder):
             str(tmp_path / "t"),
             device="cpu",
             progress=False,
+            shuffle_seed=None,
         )
 
 
@@ -325,3 +339,20 @@ def test_list_modules_and_store_dims_check(gpt2, tmp_path, text_file):
         check_store_matches_model(manifest, wider, ["transformer.h.1"])
     with pytest.raises(ConfigError, match="is not in the store"):
         check_store_matches_model(manifest, model, ["transformer.h.0"])
+
+
+def test_shuffled_visit_is_a_seeded_permutation_of_file_order(gpt2, tmp_path, text_file):
+    opts = dict(batch_size=4, context_size=9, device="cpu", progress=False)
+    harvest(str(gpt2), "transformer.h.0", str(text_file), str(tmp_path / "plain"), shuffle_seed=None, **opts)
+    mixed = harvest(str(gpt2), "transformer.h.0", str(text_file), str(tmp_path / "mixed"), shuffle_seed=3, **opts)
+    plain_rows, mixed_rows = read_store(tmp_path / "plain"), read_store(tmp_path / "mixed")
+    order = open_dataset(str(text_file)).shuffled(3).order
+    assert mixed.source["shuffle_seed"] == 3 and not torch.equal(order, torch.arange(len(order)))
+    assert torch.equal(mixed_rows["sample"].unique(), torch.arange(len(TEXTS)))  # positions, all of them
+    for position in range(len(TEXTS)):  # position p holds the rows of original sample order[p]
+        torch.testing.assert_close(
+            mixed_rows["transformer.h.0"][mixed_rows["sample"] == position],
+            plain_rows["transformer.h.0"][plain_rows["sample"] == int(order[position])],
+            atol=1e-5,
+            rtol=1e-5,
+        )

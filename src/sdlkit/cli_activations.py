@@ -42,6 +42,14 @@ def add_commands(sub: argparse._SubParsersAction, common) -> None:
     harvest.add_argument("--max-samples", type=int, default=None, help="use at most this many dataset samples")
     harvest.add_argument("--text-column", default="text", help="text column of .jsonl/.parquet data (default text)")
     harvest.add_argument("--label-column", default=None, help="column with a label per sample (for class-mean anchors)")
+    harvest.add_argument(
+        "--shuffle-seed",
+        type=int,
+        default=0,
+        help="visit the samples in this seeded random order (default 0), so that a class-sorted image folder "
+        "still gives a store whose held-out tail and shuffle windows mix classes",
+    )
+    harvest.add_argument("--no-shuffle", action="store_true", help="visit the samples in file order")
     harvest.add_argument("--include-special", action="store_true", help="also store BOS/EOS/other special tokens")
     harvest.add_argument("--model-dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
     harvest.add_argument("--store-dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
@@ -118,6 +126,7 @@ def cmd_harvest(args: argparse.Namespace) -> int:
         include_special=args.include_special,
         text_column=args.text_column,
         label_column=args.label_column,
+        shuffle_seed=None if args.no_shuffle else args.shuffle_seed,
         resume=args.resume,
         overwrite=args.overwrite,
         trust_remote_code=args.trust_remote_code,

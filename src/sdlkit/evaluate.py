@@ -132,6 +132,8 @@ def _splice(
     dataset = open_dataset(
         source["data"], text_column=source.get("text_column") or "text", split=source.get("split") or "train"
     )
+    if source.get("shuffle_seed") is not None:  # sample ids are positions in the harvest's visiting order
+        dataset = dataset.shuffled(int(source["shuffle_seed"]))
     samples = torch.unique(store.read_rows(start, stop, [])["sample"])[:n_samples]
     texts = [dataset.load(int(i), int(i) + 1).items[0] for i in samples]
     target, read = targets[0], inputs[0]

@@ -5,6 +5,10 @@ of the dataset and a resumed harvest re-forms exactly the batches of an uninterr
 int64 ids into `label_names` (image folders: sorted subfolder names; a label column: sorted strings, or
 integers as they are). Images are decoded lazily, one batch at a time; a file that fails to decode is
 skipped and counted, never fatal.
+
+`Dataset.shuffled(seed)` visits the samples in a seeded random order (the harvest's default): an image
+folder is sorted by class, and a store written in that order would hold out only its last classes and
+fill its shuffle windows with a few classes at a time. Sample ids stay the original indices.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import importlib.util
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,19 +52,28 @@ class Dataset:
     _files: Sequence[Path] | None = None
     _hub: Any = None
     _hub_column: str | None = None
+    order: torch.Tensor | None = None  # int64 [size]: position -> original index (None: file order)
 
     def __len__(self) -> int:
         return self.size
 
+    def shuffled(self, seed: int) -> Dataset:
+        """The same samples visited in a seeded random order: position i is original sample order[i]
+        (labels permuted alike), so sample ids in a store are positions in this order."""
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(seed))
+        return replace(self, order=order, labels=None if self.labels is None else self.labels[order])
+
     def load(self, start: int, stop: int) -> Samples:
-        """Samples [start, stop) in order, without the images that fail to decode."""
+        """Samples at positions [start, stop) of the visiting order, without the images that fail to
+        decode; `index` holds their positions."""
+        indices = (self.order[start:stop] if self.order is not None else torch.arange(start, stop)).tolist()
         if self._texts is not None:
-            return Samples(list(self._texts[start:stop]), torch.arange(start, stop), 0)
+            return Samples([self._texts[i] for i in indices], torch.arange(start, start + len(indices)), 0)
         if self._files is not None:
-            return _decoded(_decode_files(self._files[start:stop]), start)
-        column = self._hub[start:stop][self._hub_column]
+            return _decoded(_decode_files([self._files[i] for i in indices]), start)
+        column = self._hub.select(indices)[self._hub_column]
         if self.kind == "text":
-            return Samples(list(column), torch.arange(start, stop), 0)
+            return Samples(list(column), torch.arange(start, start + len(indices)), 0)
         return _decoded([_to_rgb(image) for image in column], start)
 
 

@@ -68,6 +68,7 @@ def harvest(
     text_column: str = "text",
     label_column: str | None = None,
     split: str = "train",
+    shuffle_seed: int | None = 0,
     resume: bool = False,
     overwrite: bool = False,
     trust_remote_code: bool = False,
@@ -92,6 +93,8 @@ def harvest(
         raise ConfigError("no model given: pass --model NAME_OR_PATH")
     _precheck_store(out, resume, overwrite)
     dataset = open_dataset(data, text_column=text_column, label_column=label_column, split=split)
+    if shuffle_seed is not None:  # rows of an image folder would otherwise come sorted by class
+        dataset = dataset.shuffled(shuffle_seed)
     torch_dtype = parse_dtype(model_dtype, "--model-dtype")
     store_torch_dtype = parse_dtype(store_dtype, "--store-dtype")
     target = resolve_device(device)
@@ -113,6 +116,7 @@ def harvest(
         "model_dtype": model_dtype,
         "store_dtype": store_dtype,
         "include_special": include_special,
+        "shuffle_seed": shuffle_seed,
         "max_rows": max_rows,
         "max_samples": max_samples,
         "trust_remote_code": trust_remote_code,
