@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--resume", action="store_true", help="finish a bench in --out, skipping finished runs")
     bench.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bench.add_argument(
+        "--no-batch",
+        action="store_true",
+        help="train every run alone (default: a row's seeds and a sweep's trials train as one batched ensemble)",
+    )
     _common(bench)
     bench.set_defaults(func=cmd_bench)
     theory = sub.add_parser("theory", help="check the paper's theorems and predictions numerically")
@@ -274,6 +279,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         overrides=args.set,
+        batched=not args.no_batch,
     )
     return 0
 
