@@ -189,9 +189,11 @@ def test_batched_bench_gives_the_numbers_of_run_by_run_training(tmp_path, monkey
 
     monkeypatch.setattr(bench_module, "EnsembleTrainer", Counting)
     args = ("--methods", "topk,relu", "--seeds", "0,1", "--steps", "8", "--sweep", "--set", "model.kernel=dense")
-    assert bench(tmp_path / "batched", *args) == 0
+    assert bench(tmp_path / "batched", *args, "--batch", "always") == 0
     assert sorted(sizes) == [2, 2, 2, 2, 5, 5]  # 4 rows × 2 seeds; relu's sweep for seeds 0 and 1
-    assert bench(tmp_path / "alone", *args, "--no-batch") == 0
+    assert bench(tmp_path / "alone", *args, "--batch", "never") == 0
+    assert bench(tmp_path / "auto", *args) == 0  # on CPU the quick scale's runs are too large to gain from it
+    assert len(sizes) == 6
     batched = json.loads((tmp_path / "batched" / "results.json").read_text())
     alone = json.loads((tmp_path / "alone" / "results.json").read_text())
     assert [r["run_id"] for r in batched] == [r["run_id"] for r in alone] and len(batched) == 8

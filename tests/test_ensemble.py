@@ -9,7 +9,7 @@ from sdlkit.data import build_source
 from sdlkit.errors import ConfigError
 from sdlkit.io import load_tensors
 from sdlkit.train import Trainer
-from sdlkit.train.ensemble import EnsembleTrainer, ensemble_refusal
+from sdlkit.train.ensemble import EnsembleTrainer, ensemble_refusal, worth_batching
 
 SEEDS = (0, 1, 2)
 
@@ -112,3 +112,16 @@ def test_members_that_do_not_agree_are_refused(change, message):
     with pytest.raises(ConfigError, match="cannot train as one ensemble") as err:
         EnsembleTrainer(cfgs, [build_source(c.data, "cpu") for c in cfgs])
     assert "\n" not in str(err.value) and "one by one" in str(err.value)
+
+
+def test_batching_is_declined_where_it_would_be_slower():
+    def with_(method, n_latents=64, device="cpu", batch_size=64):
+        values = tiny_values(method, steps=2, batch_size=batch_size)
+        values["model"]["n_latents"] = n_latents
+        return run_config(values).model_copy(update={"device": device})
+
+    assert worth_batching([with_("topk"), with_("topk")])  # tiny on CPU: per-op overheads dominate
+    assert not worth_batching([with_("topk")])  # one run: nothing to stack
+    assert not worth_batching([with_("relu", 512, batch_size=1024)] * 2)  # a CPU step this large gains nothing
+    assert not worth_batching([with_("topk", 8192, "cuda")] * 2)  # the stack would give up the sparse kernel
+    assert worth_batching([with_("relu", 8192, "cuda")] * 2)  # dense either way

@@ -34,7 +34,7 @@ from sdlkit.recovery import best_match, dictionary_recovery, recovery_curve
 from sdlkit.report import format_table
 from sdlkit.train import Trainer, TrainResult
 from sdlkit.train.checkpoint import list_checkpoints
-from sdlkit.train.ensemble import EnsembleTrainer, ensemble_refusal
+from sdlkit.train.ensemble import EnsembleTrainer, ensemble_refusal, worth_batching
 
 TABLE1_METHODS = ["relu", "jumprelu", "topk", "batchtopk", "matryoshka", "transcoder", "crosscoder"]
 EXTRA_METHODS = ["gated", "topk-auxk"]
@@ -330,11 +330,11 @@ def sweep_coefficient(
     plan: RunPlan,
     source: LRBSource,
     factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0),
-    batched: bool = True,
+    batched: bool | None = None,
 ):
     """Train the unanchored recipe at `factors` × its sparsity coefficient for half the steps and
     return (the coefficient whose held-out L0 is closest to the true L0 in log ratio, the trials).
-    With `batched`, the trials train as one ensemble (sdlkit.train.ensemble)."""
+    The trials train as one ensemble (sdlkit.train.ensemble) when `batched` (None: where it pays)."""
     field_name = SWEPT[plan.method]
     base = plan.values["model"]["method"][field_name]
     configs = []
@@ -345,7 +345,7 @@ def sweep_coefficient(
         values["train"].pop("anchors", None)
         values["train"].pop("checkpoint_every", None)
         configs.append(run_config(values))
-    if batched and len(configs) > 1 and ensemble_refusal(configs) is None:
+    if stack(configs, batched):
         results = EnsembleTrainer(configs, [source] * len(configs)).fit()
     else:
         results = [Trainer(config, source).fit() for config in configs]
@@ -379,13 +379,26 @@ def score(model, source: LRBSource, exclude: list[int], tau: float) -> dict[str,
     return record
 
 
-def run_groups(plans: list[RunPlan], batched: bool) -> list[list[RunPlan]]:
+def stack(configs: list[RunConfig], batched: bool | None) -> bool:
+    """Whether to train `configs` as one ensemble: `batched` True = whenever they can, False = never,
+    None = where it is expected to be faster (`worth_batching`)."""
+    if batched is False or len(configs) < 2 or ensemble_refusal(configs) is not None:
+        return False
+    return batched is True or worth_batching(configs)
+
+
+def run_groups(plans: list[RunPlan], batched: bool | None) -> list[list[RunPlan]]:
     """Consecutive runs that differ only in their seed (same setting, method, anchoring): each group
-    trains as one ensemble when `batched` (and its members agree in shape), else every run alone."""
+    may train as one ensemble (see `stack`); with `batched` False every run is its own group."""
     groups: list[list[RunPlan]] = []
     for plan in plans:
-        row = (plan.setting, plan.method, plan.anchored)
-        if batched and groups and (groups[-1][-1].setting, groups[-1][-1].method, groups[-1][-1].anchored) == row:
+        last = groups[-1][-1] if groups else None
+        same_row = last is not None and (last.setting, last.method, last.anchored) == (
+            plan.setting,
+            plan.method,
+            plan.anchored,
+        )
+        if batched is not False and same_row:
             groups[-1].append(plan)
         else:
             groups.append([plan])
@@ -445,11 +458,12 @@ def run_bench(
     overwrite: bool = False,
     progress: bool = True,
     overrides: list[str] | None = None,
-    batched: bool = True,
+    batched: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or finish) a bench; write results.json after every run, then report.md and the plots. With
-    `batched`, the seeds of a row (and the trials of a sweep) train as one ensemble (sdlkit.train.ensemble;
-    `train_seconds` is then each run's share of the ensemble's time); without, every run trains alone."""
+    """Run (or finish) a bench; write results.json after every run, then report.md and the plots. The
+    seeds of a row (and the trials of a sweep) train as one ensemble (sdlkit.train.ensemble; each run's
+    `train_seconds` is then its share of the ensemble's time) when `batched` is True, where it is
+    expected to be faster when None (see `stack`), never when False."""
     from sdlkit.experiments.bench_report import write_report
 
     spec = BenchSpec(
@@ -498,7 +512,7 @@ def run_bench(
         for plan in group:
             print(f"[{order[plan.run_id]}/{len(plans)}] {plan.run_id}", flush=True)
         fresh = not any(list_checkpoints(d) for d in run_dirs)  # a run cut off mid-way resumes on its own
-        if len(group) > 1 and fresh and ensemble_refusal(configs) is None:
+        if fresh and stack(configs, batched):
             ensemble = EnsembleTrainer(configs, sources, run_dirs)
             results, members = ensemble.fit(), ensemble.members
         else:

@@ -40,6 +40,27 @@ from sdlkit.objective import Objective, TermContext
 from sdlkit.train.checkpoint import list_checkpoints
 from sdlkit.train.trainer import Trainer, TrainResult, lr_factor
 
+CPU_BATCH_MAX_WORK = 1 << 22
+"""On CPU, stacking pays only while a member's step is small enough for per-op overheads to dominate
+(batch × n_in × n_latents at most this): measured on 2 cores, 3 members of (64 latents, batch 64) train
+2× faster stacked, while at the quick bench's (200, 512, 1024) ReLU is ~15% and TopK (which gives up
+its sparse kernel) ~2.7× slower stacked (benchmarks/README.md, "Batched sweeps")."""
+SPARSE_BATCH_MAX_LATENTS = 4096
+"""On GPUs, above this many latents TopK-family runs are expected to train faster one by one on the
+sparse kernel than stacked on the dense one (not measured: no GPU was lent)."""
+
+
+def worth_batching(configs: Sequence[RunConfig]) -> bool:
+    """Whether stacking these runs should beat training them one by one (they must also pass
+    `ensemble_refusal`): two or more runs, and on CPU a small step, on GPUs no sparse kernel given up
+    at a size where it matters."""
+    if len(configs) < 2:
+        return False
+    model, train = configs[0].model, configs[0].train
+    if torch.device(configs[0].device).type == "cpu":
+        return train.batch_size * model.n_in * model.n_latents <= CPU_BATCH_MAX_WORK
+    return not (model.sparse_kernel and model.n_latents > SPARSE_BATCH_MAX_LATENTS)
+
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested dicts."""
@@ -149,12 +170,14 @@ class EnsembleTrainer:
         if refusal is not None:
             raise ConfigError(f"these runs cannot train as one ensemble: {refusal}; train them one by one")
         self.members = [Trainer(c, s, d) for c, s, d in zip(configs, sources, run_dirs, strict=True)]
-        self.sources = list(sources)
         self.shared_source = all(s is sources[0] for s in sources)
         first = self.members[0]
         self.cfg, self.device, self.E = first.cfg, first.device, len(self.members)
         dtype = first.model.W_E.dtype
-        template = SparseDictionary(first.config.model.model_copy(update={"kernel": "dense"})).to(self.device)
+        # The template only gives the members' forward its structure (its weights are swapped for theirs);
+        # its own generator keeps the global RNG as one-by-one runs leave it.
+        dense = first.config.model.model_copy(update={"kernel": "dense"})
+        template = SparseDictionary(dense, torch.Generator().manual_seed(0)).to(self.device)
         template.train()
         self.loss_module = _MemberLoss(template, Objective([*first.objective.terms]))
         params, buffers = stack_module_state([m.model for m in self.members])
