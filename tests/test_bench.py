@@ -7,6 +7,7 @@ import torch
 
 import sdlkit
 from sdlkit.cli import main
+from sdlkit.experiments import bench as bench_module
 from sdlkit.experiments.bench import ALL_METHODS, PRESETS, BenchSpec, plan_runs, recipe
 from sdlkit.io import load_tensors
 
@@ -174,3 +175,37 @@ def test_set_overrides_every_run_and_is_part_of_the_bench_identity(tmp_path, cap
     assert "--set model.n_latents=300" in (out / "report.md").read_text()
     assert bench(out, "--methods", "topk", "--steps", "2", "--resume") == 2
     assert "(overrides differ)" in capsys.readouterr().err
+
+
+def test_batched_bench_gives_the_numbers_of_run_by_run_training(tmp_path, monkeypatch):
+    """Seeds of a row and the trials of a sweep train as one ensemble; the records match training every
+    run alone (same fields, same numbers up to float32 rounding)."""
+    sizes = []
+
+    class Counting(bench_module.EnsembleTrainer):
+        def fit(self):
+            sizes.append(self.E)
+            return super().fit()
+
+    monkeypatch.setattr(bench_module, "EnsembleTrainer", Counting)
+    args = ("--methods", "topk,relu", "--seeds", "0,1", "--steps", "8", "--sweep", "--set", "model.kernel=dense")
+    assert bench(tmp_path / "batched", *args, "--batch", "always") == 0
+    assert sorted(sizes) == [2, 2, 2, 2, 5, 5]  # 4 rows × 2 seeds; relu's sweep for seeds 0 and 1
+    assert bench(tmp_path / "alone", *args, "--batch", "never") == 0
+    assert bench(tmp_path / "auto", *args) == 0  # on CPU the quick scale's runs are too large to gain from it
+    assert len(sizes) == 6
+    batched = json.loads((tmp_path / "batched" / "results.json").read_text())
+    alone = json.loads((tmp_path / "alone" / "results.json").read_text())
+    assert [r["run_id"] for r in batched] == [r["run_id"] for r in alone] and len(batched) == 8
+    for b, a in zip(batched, alone, strict=True):
+        assert set(b) == set(a)
+        for key in ("gt_recovery", "max_inner_product", "max_inner_product_decoder", "mse", "fvu", "l0"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (b["run_id"], key)
+        assert b["anchor_indices"] == a["anchor_indices"] and b["config"] == a["config"]
+        assert (b["sweep"] is None) == (a["method"] == "topk")
+        if b["sweep"]:
+            assert b["sweep"]["chosen"] == a["sweep"]["chosen"]
+            for tb, ta in zip(b["sweep"]["trials"], a["sweep"]["trials"], strict=True):
+                assert tb["l0"] == pytest.approx(ta["l0"], rel=1e-4)
+    seed1 = sdlkit.load(tmp_path / "batched" / "relu-fa__seed1")
+    assert torch.allclose(seed1.W_D, sdlkit.load(tmp_path / "alone" / "relu-fa__seed1").W_D, rtol=1e-4, atol=1e-6)

@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--resume", action="store_true", help="finish a bench in --out, skipping finished runs")
     bench.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bench.add_argument(
+        "--batch",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="train a row's seeds and a sweep's trials as one stacked ensemble: where it is faster (auto: small "
+        "models on CPU), always, or never",
+    )
     _common(bench)
     bench.set_defaults(func=cmd_bench)
     theory = sub.add_parser("theory", help="check the paper's theorems and predictions numerically")
@@ -274,6 +281,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         overrides=args.set,
+        batched={"auto": None, "always": True, "never": False}[args.batch],
     )
     return 0
 

@@ -103,6 +103,22 @@ class ModelConfig(BaseModel):
         return DTYPES[self.dtype]
 
 
+@torch.no_grad()
+def normalize_columns_(W_D: torch.Tensor) -> None:
+    """Rescale every column of W_D [..., n_out, n_latents] to unit norm in place (zero columns stay zero).
+    Leading dims are a stack of dictionaries (sdlkit.train.ensemble)."""
+    W_D.div_(W_D.norm(dim=-2, keepdim=True).clamp_min(1e-12))
+
+
+@torch.no_grad()
+def project_columns_(grad: torch.Tensor, W_D: torch.Tensor) -> None:
+    """Remove in place from `grad` the part parallel to each unit column of W_D, both [..., n_out, n_latents]."""
+    parallel = grad.new_zeros(*grad.shape[:-2], 1, grad.shape[-1])
+    for g, w in zip(grad.split(64, dim=-2), W_D.split(64, dim=-2), strict=True):  # no W_D-sized temporary
+        parallel += (g * w).sum(dim=-2, keepdim=True)
+    grad.addcmul_(parallel, W_D, value=-1)
+
+
 class Forward:
     """One forward pass. z, x_q [B, n_latents]; x_hat [B, n_out].
 
@@ -273,19 +289,14 @@ class SparseDictionary(nn.Module):
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Rescale every decoder column to unit norm (zero columns stay zero)."""
-        self.W_D.div_(self.W_D.norm(dim=0, keepdim=True).clamp_min(1e-12))
+        normalize_columns_(self.W_D)
 
     @torch.no_grad()
     def project_decoder_grad(self) -> None:
         """Remove from ∇W_D the part parallel to each (unit) column: the step then moves columns
         along the unit sphere's tangent, and renormalising afterwards changes them little."""
-        if self.W_D.grad is None:
-            return
-        grad = self.W_D.grad
-        parallel = grad.new_zeros(1, self.n_latents)
-        for g, w in zip(grad.split(64), self.W_D.split(64), strict=True):  # blocks of rows: no W_D-sized temporary
-            parallel += (g * w).sum(dim=0, keepdim=True)
-        grad.addcmul_(parallel, self.W_D, value=-1)
+        if self.W_D.grad is not None:
+            project_columns_(self.W_D.grad, self.W_D)
 
     def post_step(self) -> None:
         """Restore constraints after an optimiser step."""

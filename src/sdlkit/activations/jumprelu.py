@@ -28,11 +28,17 @@ def rectangle(u: torch.Tensor) -> torch.Tensor:
 
 
 class _JumpReLUFn(torch.autograd.Function):
+    generate_vmap_rule = True  # torch.func.vmap works through it (batched training, sdlkit.train.ensemble)
+
     @staticmethod
-    def forward(ctx, z: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    def forward(z: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+        return z * (z > threshold)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        z, threshold, bandwidth = inputs
         ctx.save_for_backward(z, threshold)
         ctx.bandwidth = bandwidth
-        return z * (z > threshold)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -44,11 +50,17 @@ class _JumpReLUFn(torch.autograd.Function):
 
 
 class _StepFn(torch.autograd.Function):
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, z: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    def forward(z: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+        return (z > threshold).to(z.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        z, threshold, bandwidth = inputs
         ctx.save_for_backward(z, threshold)
         ctx.bandwidth = bandwidth
-        return (z > threshold).to(z.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):

@@ -26,14 +26,15 @@ import torch
 from scipy.stats import poisson
 
 from sdlkit.anchoring import ground_truth_anchors
-from sdlkit.config import apply_override, run_config
+from sdlkit.config import RunConfig, apply_override, run_config
 from sdlkit.data import LRBSource, build_source
 from sdlkit.errors import ConfigError
 from sdlkit.io import save_tensors, write_json_atomically
 from sdlkit.recovery import best_match, dictionary_recovery, recovery_curve
 from sdlkit.report import format_table
-from sdlkit.train import Trainer
+from sdlkit.train import Trainer, TrainResult
 from sdlkit.train.checkpoint import list_checkpoints
+from sdlkit.train.ensemble import EnsembleTrainer, ensemble_refusal, worth_batching
 
 TABLE1_METHODS = ["relu", "jumprelu", "topk", "batchtopk", "matryoshka", "transcoder", "crosscoder"]
 EXTRA_METHODS = ["gated", "topk-auxk"]
@@ -325,20 +326,33 @@ def prepare_folder(out: Path, spec: BenchSpec, resume: bool, overwrite: bool) ->
     return []
 
 
-def sweep_coefficient(plan: RunPlan, source: LRBSource, factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)):
+def sweep_coefficient(
+    plan: RunPlan,
+    source: LRBSource,
+    factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0),
+    batched: bool | None = None,
+):
     """Train the unanchored recipe at `factors` × its sparsity coefficient for half the steps and
-    return (the coefficient whose held-out L0 is closest to the true L0 in log ratio, the trials)."""
+    return (the coefficient whose held-out L0 is closest to the true L0 in log ratio, the trials).
+    The trials train as one ensemble (sdlkit.train.ensemble) when `batched` (None: where it pays)."""
     field_name = SWEPT[plan.method]
     base = plan.values["model"]["method"][field_name]
-    trials = []
+    configs = []
     for factor in factors:
         values = json.loads(json.dumps(plan.values))
         values["model"]["method"][field_name] = base * factor
         values["train"].update(steps=max(1, values["train"]["steps"] // 2), progress=False)
         values["train"].pop("anchors", None)
         values["train"].pop("checkpoint_every", None)
-        result = Trainer(run_config(values), source).fit()
-        trials.append({"coefficient": base * factor, "l0": result.metrics["l0"], "fvu": result.metrics["fvu"]})
+        configs.append(run_config(values))
+    if stack(configs, batched):
+        results = EnsembleTrainer(configs, [source] * len(configs)).fit()
+    else:
+        results = [Trainer(config, source).fit() for config in configs]
+    trials = [
+        {"coefficient": base * factor, "l0": result.metrics["l0"], "fvu": result.metrics["fvu"]}
+        for factor, result in zip(factors, results, strict=True)
+    ]
     true_l0 = source.true_l0
     best = min(trials, key=lambda t: (abs(math.log(max(t["l0"], 1e-3) / true_l0)), t["fvu"]))
     return best["coefficient"], trials
@@ -365,6 +379,68 @@ def score(model, source: LRBSource, exclude: list[int], tau: float) -> dict[str,
     return record
 
 
+def stack(configs: list[RunConfig], batched: bool | None) -> bool:
+    """Whether to train `configs` as one ensemble: `batched` True = whenever they can, False = never,
+    None = where it is expected to be faster (`worth_batching`)."""
+    if batched is False or len(configs) < 2 or ensemble_refusal(configs) is not None:
+        return False
+    return batched is True or worth_batching(configs)
+
+
+def run_groups(plans: list[RunPlan], batched: bool | None) -> list[list[RunPlan]]:
+    """Consecutive runs that differ only in their seed (same setting, method, anchoring): each group
+    may train as one ensemble (see `stack`); with `batched` False every run is its own group."""
+    groups: list[list[RunPlan]] = []
+    for plan in plans:
+        last = groups[-1][-1] if groups else None
+        same_row = last is not None and (last.setting, last.method, last.anchored) == (
+            plan.setting,
+            plan.method,
+            plan.anchored,
+        )
+        if batched is not False and same_row:
+            groups[-1].append(plan)
+        else:
+            groups.append([plan])
+    return groups
+
+
+def run_record(
+    plan: RunPlan,
+    config: RunConfig,
+    source: LRBSource,
+    result: TrainResult,
+    anchor_indices: list[int],
+    sweep_info: dict[str, Any] | None,
+    tau: float,
+) -> dict[str, Any]:
+    """One results.json record: the run's scores, held-out metrics and full config. The ground truth is
+    saved beside the checkpoint, so every number can be recomputed from the run folder."""
+    run_dir = Path(result.run_dir)
+    save_tensors(run_dir / "ground_truth.safetensors", source.ground_truth())
+    truth = source.ground_truth()
+    excluded = ground_truth_anchors(truth["W_p"], truth["W_r"], plan.n_anchors, plan.seed).indices
+    return {
+        "run_id": plan.run_id,
+        "setting": plan.setting,
+        "method": plan.method,
+        "anchored": plan.anchored,
+        "n_anchors": plan.n_anchors if plan.anchored else 0,
+        "anchor_indices": anchor_indices,
+        "excluded_features": excluded,
+        **score(result.model, source, excluded, tau),
+        **result.metrics,  # held-out mse, fvu, l0 (and per-source fvu); dead fraction over the training window
+        "true_l0": source.true_l0,
+        "train_seconds": result.train_seconds,
+        "samples_seen": result.samples_seen,
+        "seed": plan.seed,
+        "run_dir": plan.run_id,
+        "recipe": plan.note,
+        "sweep": sweep_info,
+        "config": config.model_dump(mode="json"),
+    }
+
+
 def run_bench(
     preset: str = "quick",
     methods: list[str] | None = None,
@@ -382,8 +458,12 @@ def run_bench(
     overwrite: bool = False,
     progress: bool = True,
     overrides: list[str] | None = None,
+    batched: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or finish) a bench; write results.json after every run, then report.md and the plots."""
+    """Run (or finish) a bench; write results.json after every run, then report.md and the plots. The
+    seeds of a row (and the trials of a sweep) train as one ensemble (sdlkit.train.ensemble; each run's
+    `train_seconds` is then its share of the ensemble's time) when `batched` is True, where it is
+    expected to be faster when None (see `stack`), never when False."""
     from sdlkit.experiments.bench_report import write_report
 
     spec = BenchSpec(
@@ -406,50 +486,44 @@ def run_bench(
     done = {r["run_id"] for r in records}
     swept: dict[tuple[str, str, int], tuple[float, list]] = {}
     started = time.perf_counter()
-    source, source_key = None, None
-    for i, plan in enumerate(plans, 1):
-        if plan.run_id in done:
-            continue
-        config = run_config(plan.values, [f"train.progress={progress}"])
-        key = json.dumps(config.data.model_dump(mode="json"), sort_keys=True)
-        if key != source_key:  # one data source per setting, not per run
-            source, source_key = build_source(config.data, config.device), key
-        sweep_info = None
-        if sweep and plan.method in SWEPT:
-            cache_key = (plan.setting, plan.method, plan.seed)
-            if cache_key not in swept:
-                swept[cache_key] = sweep_coefficient(plan, source)
-            coefficient, trials = swept[cache_key]
-            config.model.method = config.model.method.model_copy(update={SWEPT[plan.method]: coefficient})
-            sweep_info = {"field": SWEPT[plan.method], "chosen": coefficient, "trials": trials}
-        print(f"[{i}/{len(plans)}] {plan.run_id}", flush=True)
-        run_dir = out / plan.run_id
-        trainer = Trainer(config, source, run_dir)
-        result = trainer.fit(resume=bool(list_checkpoints(run_dir)))
-        save_tensors(run_dir / "ground_truth.safetensors", source.ground_truth())
-        truth = source.ground_truth()
-        excluded = ground_truth_anchors(truth["W_p"], truth["W_r"], plan.n_anchors, plan.seed).indices
-        record = {
-            "run_id": plan.run_id,
-            "setting": plan.setting,
-            "method": plan.method,
-            "anchored": plan.anchored,
-            "n_anchors": plan.n_anchors if plan.anchored else 0,
-            "anchor_indices": trainer.anchors.indices if trainer.anchors is not None else [],
-            "excluded_features": excluded,
-            **score(result.model, source, excluded, tau),
-            **result.metrics,  # held-out mse, fvu, l0 (and per-source fvu); dead fraction over the training window
-            "true_l0": source.true_l0,
-            "train_seconds": result.train_seconds,
-            "samples_seen": result.samples_seen,
-            "seed": plan.seed,
-            "run_dir": plan.run_id,
-            "recipe": plan.note,
-            "sweep": sweep_info,
-            "config": config.model_dump(mode="json"),
-        }
-        records.append(record)
-        write_json_atomically(out / "results.json", records)
+    order = {plan.run_id: i for i, plan in enumerate(plans, 1)}
+    built: dict[str, Any] = {}  # one data source per data config, not per run; kept while the next group needs it
+    for group in run_groups([p for p in plans if p.run_id not in done], batched):
+        configs, sources, sweeps, keys = [], [], [], []
+        for plan in group:
+            config = run_config(plan.values, [f"train.progress={progress}"])
+            keys.append(json.dumps(config.data.model_dump(mode="json"), sort_keys=True))
+            if keys[-1] not in built:
+                built[keys[-1]] = build_source(config.data, config.device)
+            source = built[keys[-1]]
+            sweep_info = None
+            if sweep and plan.method in SWEPT:
+                cache_key = (plan.setting, plan.method, plan.seed)
+                if cache_key not in swept:
+                    swept[cache_key] = sweep_coefficient(plan, source, batched=batched)
+                coefficient, trials = swept[cache_key]
+                config.model.method = config.model.method.model_copy(update={SWEPT[plan.method]: coefficient})
+                sweep_info = {"field": SWEPT[plan.method], "chosen": coefficient, "trials": trials}
+            configs.append(config)
+            sources.append(source)
+            sweeps.append(sweep_info)
+        built = {key: built[key] for key in keys}
+        run_dirs = [out / plan.run_id for plan in group]
+        for plan in group:
+            print(f"[{order[plan.run_id]}/{len(plans)}] {plan.run_id}", flush=True)
+        fresh = not any(list_checkpoints(d) for d in run_dirs)  # a run cut off mid-way resumes on its own
+        if fresh and stack(configs, batched):
+            ensemble = EnsembleTrainer(configs, sources, run_dirs)
+            results, members = ensemble.fit(), ensemble.members
+        else:
+            members = [Trainer(c, s, d) for c, s, d in zip(configs, sources, run_dirs, strict=True)]
+            results = [m.fit(resume=bool(list_checkpoints(m.run_dir))) for m in members]
+        for plan, config, source, sweep_info, member, result in zip(
+            group, configs, sources, sweeps, members, results, strict=True
+        ):
+            anchors = member.anchors.indices if member.anchors is not None else []
+            records.append(run_record(plan, config, source, result, anchors, sweep_info, tau))
+            write_json_atomically(out / "results.json", records)
     wall = time.perf_counter() - started
     write_report(out, spec, records, wall)
     print(summary_table(records))

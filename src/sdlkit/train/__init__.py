@@ -1,5 +1,6 @@
-"""Training: the loop, dead-latent resampling, checkpoints with exact resume."""
+"""Training: the loop, dead-latent resampling, checkpoints with exact resume, batched ensembles."""
 
+from sdlkit.train.ensemble import EnsembleTrainer
 from sdlkit.train.trainer import Trainer, TrainResult
 
-__all__ = ["TrainResult", "Trainer"]
+__all__ = ["EnsembleTrainer", "TrainResult", "Trainer"]
