@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # The offline real-model demo: a CLIP vision transformer trained on scikit-learn's digits -> harvest ->
-# TopK/Matryoshka SAEs with and without class-mean anchoring -> digits-out/report.md (about 4 minutes).
+# TopK/Matryoshka SAEs with and without class-mean anchoring -> digits-out/report.md (about a minute on 2 idle cores).
 demo: $(STAMP)
 	$(PY) examples/digits_clip/run.py --out digits-out
 
