@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sdlkit.errors import CheckpointError
+from sdlkit.errors import CheckpointError, SdlkitError
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -89,6 +89,18 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
         raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({err})") from None
 
 
+def read_json_object(path: Path, error: type[SdlkitError] = CheckpointError, fix: str = "") -> dict[str, Any]:
+    """The JSON object in the file at `path`; unreadable JSON or another JSON type raises `error`
+    naming the file (and `fix`, e.g. "; re-harvest the store")."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path} is corrupt ({err}){fix}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path} must hold a JSON object, got {type(value).__name__}{fix}")
+    return value
+
+
 def read_config(folder: Path) -> dict[str, Any]:
     """The folder's config.json, after checking that the weights file matches its recorded hash."""
     folder = Path(folder)
@@ -97,10 +109,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
         raise CheckpointError(f"{folder} is not a checkpoint: {CONFIG_FILE} is missing")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{config_path} is corrupt: {err}") from None
+    config = read_json_object(config_path)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"checkpoint file {weights} is missing")

@@ -15,7 +15,6 @@ Each format is one module (`saelens`, `sparsify`) with `to_files(model, config) 
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from sdlkit.io import (
     load,
     load_weights,
     read_config,
+    read_json_object,
     resolve_checkpoint,
     save,
     save_tensors,
@@ -152,13 +152,7 @@ def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from `path`, or a CheckpointError naming the file."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
-    try:
-        value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(value).__name__}")
-    return value
+    return read_json_object(path)
 
 
 def find_folder(in_dir: Path, config_file: str, fmt: str) -> Path:

@@ -8,7 +8,6 @@ The manifest is the single source of truth: a shard file it does not list does n
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdlkit.errors import StoreError, describe_validation_error
-from sdlkit.io import write_json_atomically
+from sdlkit.io import read_json_object, write_json_atomically
 
 FORMAT = "sdlkit-activation-store"
 VERSION = 1
@@ -122,11 +121,8 @@ def read_manifest(folder: str | Path) -> StoreManifest:
         raise StoreError(f"no activation store at {folder}: it is not a folder (harvest one first)")
     if not path.is_file():
         raise StoreError(f"{folder} is not an activation store: {MANIFEST_FILE} is missing (harvest one first)")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise StoreError(f"{path} is corrupt ({err}); re-harvest the store") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+    raw = read_json_object(path, StoreError, "; re-harvest the store")
+    if raw.get("format") != FORMAT:
         raise StoreError(f"{path} is not an activation-store manifest (format is not {FORMAT!r})")
     if raw.get("version") != VERSION:
         raise StoreError(
