@@ -11,7 +11,13 @@ gradient descent on
     L_int(W) = sum_{i != j} max(0, G_ij - (M - eps))^2 + lam * sum_{i != j} max(0, G_ij)^2,  G = W^T W
 
 with the step W <- W - eta * grad L_int followed by renormalising the columns, stopping as soon as
-max_{i != j} G_ij <= M. The gradient is 4 W D with D_ij = max(0, G_ij - (M - eps)) + lam max(0, G_ij)
+max_{i != j} G_ij <= M.
+
+The frame option (`tightness` t in [0, 1]) inserts one step between the draw and the PGD:
+W <- (W Wᵀ)^{-t/2} W, then unit columns. t = 0 is App. C as written; t = 1 maps the draw to the
+nearest tight frame (W Wᵀ = (n/d) I before the columns are renormalised), so the condition number
+of W Wᵀ falls from ~200 (a Gaussian 1000 × 768 draw) to ~1.1-1.3; values between interpolate on a
+log scale (t = 0.5 gives ~15). The PGD then enforces the same M on either frame. The gradient is 4 W D with D_ij = max(0, G_ij - (M - eps)) + lam max(0, G_ij)
 off the diagonal (D is symmetric): one Gram matrix and one [d, n] x [n, n] product per iteration.
 """
 
@@ -28,10 +34,16 @@ __all__ = [
     "DEFAULT_LAM",
     "DEFAULT_LR",
     "DEFAULT_MAX_ITERS",
+    "FRAMES",
     "check_interference_feasible",
+    "frame_properties",
     "make_feature_matrix",
     "max_interference",
+    "tighten",
 ]
+
+FRAMES = {"gaussian": 0.0, "tight": 1.0}
+"""Named frames and their tightness t: App. C's Gaussian draw, and the nearest tight frame to it."""
 
 DEFAULT_EPS = 0.005
 """Margin ε: PGD pushes overlaps below M − ε so that one step lands them under M (see make_feature_matrix)."""
@@ -74,6 +86,59 @@ def max_interference(W: torch.Tensor, *, chunk_size: int = 4096, compute_dtype: 
         G[rows, rows + start] = float("-inf")
         best = max(best, G.max().item())
     return best
+
+
+def tighten(W: torch.Tensor, tightness: float) -> torch.Tensor:
+    """(W Wᵀ)^{-t/2} W with unit columns, for W [n_dims, n_features] and t = `tightness` in [0, 1].
+
+    With W = U S Vᵀ this is U S^{1-t} Vᵀ: t = 1 is the nearest tight frame to W (all singular values
+    equal; orthonormal columns when n_features <= n_dims), t = 0 returns W with unit columns.
+    Computed in float64 (one SVD)."""
+    if not 0.0 <= tightness <= 1.0:
+        raise ConfigError(f"frame tightness {tightness} is not allowed: it must be in [0, 1]")
+    W64 = W.to(torch.float64)
+    if tightness > 0:
+        U, S, Vh = torch.linalg.svd(W64, full_matrices=False)
+        W64 = (U * S.pow(1 - tightness)) @ Vh
+    return (W64 / W64.norm(dim=0, keepdim=True)).to(W.dtype)
+
+
+@torch.no_grad()
+def frame_properties(W: torch.Tensor) -> dict[str, float]:
+    """Measured geometry of a feature matrix W [n_dims, n_features] (float64):
+
+    - condition_number: λ_max / λ_min of the frame operator W Wᵀ (1 for a tight frame; inf when the
+      columns do not span the space);
+    - max_interference: max_{i != j} <w_i, w_j> (signed, as M bounds it);
+    - mean_abs_interference: the mean of |<w_i, w_j>| over pairs i != j;
+    - dual_cosine: the mean over features of cos(w_i, d_i), where d_i are the columns of the canonical
+      dual frame (W Wᵀ)^{-1} W, i.e. the rows of the least-squares linear encoder of codes from x;
+      1 for a tight frame (d_i ∝ w_i).
+    """
+    W64 = W.to(torch.float64)
+    n = W64.shape[1]
+    frame_operator = W64 @ W64.T
+    eigenvalues = torch.linalg.eigvalsh(frame_operator)
+    low = eigenvalues.min().item()
+    condition = eigenvalues.max().item() / low if low > 1e-12 * eigenvalues.max().item() else float("inf")
+    G = W64.T @ W64
+    off_diagonal = ~torch.eye(n, dtype=torch.bool)
+    if math.isfinite(condition):
+        dual = torch.linalg.solve(frame_operator, W64)
+        dual_cosine = _column_cosine(W64, dual).mean().item()
+    else:
+        dual_cosine = float("nan")
+    return {
+        "condition_number": condition,
+        "max_interference": G[off_diagonal].max().item() if n > 1 else float("-inf"),
+        "mean_abs_interference": G[off_diagonal].abs().mean().item() if n > 1 else 0.0,
+        "dual_cosine": dual_cosine,
+    }
+
+
+def _column_cosine(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Cosine between matching columns of A and B [n_dims, n_features] -> [n_features]."""
+    return (A * B).sum(0) / (A.norm(dim=0) * B.norm(dim=0)).clamp_min(1e-300)
 
 
 def check_interference_feasible(n_dims: int, n_features: int, M: float) -> None:
@@ -121,8 +186,12 @@ def make_feature_matrix(
     max_iters: int = DEFAULT_MAX_ITERS,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    tightness: float = 0.0,
 ) -> torch.Tensor:
     """W [n_dims, n_features] with unit-norm columns and max_{i != j} <w_i, w_j> <= M (signed).
+
+    `tightness` t in [0, 1] moves the Gaussian draw towards its nearest tight frame before the PGD
+    (`tighten`); 0 (the default) is App. C as written.
 
     The Gaussian draw uses `generator` on the generator's own device (so the result is a function of
     the generator's state); the optimisation then runs on `device` (default: the generator's device),
@@ -167,6 +236,8 @@ def make_feature_matrix(
     if device is not None:
         W = W.to(device)
     W = W / W.norm(dim=0, keepdim=True)
+    if tightness > 0:
+        W = tighten(W, tightness)
     if n_features == 1 or M >= 1:
         return W.to(dtype)
 

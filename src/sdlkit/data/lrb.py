@@ -4,6 +4,7 @@ Every sample is a sparse non-negative code x ∈ R^n over n ground-truth feature
 
     x_d = Bernoulli(1 − S) · (c_min + Exp(scale beta))        (independent over samples and features)
     x_p = W_p x        W_p [n_p, n], unit-norm columns, max_{i != j} <w_i, w_j> <= M
+                       (frame: App. C's Gaussian draw, or its nearest tight frame; see `frame`)
     x_r = W_r x        SAE: W_r is W_p (so x_r is x_p); transcoder: an independent [n_r, n] matrix
 
 No noise, no correlation between features, unless `hierarchy` is set: then the first features form
@@ -45,7 +46,9 @@ from sdlkit.data.features import (
     DEFAULT_LAM,
     DEFAULT_LR,
     DEFAULT_MAX_ITERS,
+    FRAMES,
     check_interference_feasible,
+    frame_properties,
     make_feature_matrix,
 )
 from sdlkit.data.hierarchy import Hierarchy, HierarchyConfig, impose_hierarchy
@@ -95,6 +98,20 @@ class LRBConfig(BaseModel):
         4096, description="Size of the fixed held-out evaluation set (> 0), from its own seed stream."
     )
     seed: int = Field(0, description="Seeds everything in the data: W_p, W_r, training samples, evaluation set.")
+    frame: Literal["gaussian", "tight"] = Field(
+        "gaussian",
+        description="How W_p (and W_r, and every crosscoder block) is drawn before the interference PGD. "
+        "gaussian: App. C as written (an i.i.d. Gaussian draw; cond(W_p W_pᵀ) ≈ 150-210 at the presets). "
+        "tight: the draw mapped to its nearest tight frame, (W Wᵀ)^{-t/2} W with t = `tightness`, then "
+        "unit columns (cond ≈ 1.1-1.3 at t = 1). The same M holds on both.",
+    )
+    tightness: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="frame: tight only: t in [0, 1], the continuous knob between the Gaussian draw (t = 0, "
+        "bit-identical to frame gaussian) and the tight frame (t = 1, the default).",
+    )
     interference_eps: float = Field(
         DEFAULT_EPS,
         description="Margin ε of the interference loss (see sdlkit.data.features.make_feature_matrix).",
@@ -201,6 +218,12 @@ class LRBConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _tightness(self) -> LRBConfig:
+        if self.tightness is not None and self.frame != "tight":
+            raise ValueError(f"tightness is only allowed with frame: tight (frame is {self.frame!r}); remove it")
+        return self
+
+    @model_validator(mode="after")
     def _hierarchy_fits(self) -> LRBConfig:
         h = self.hierarchy
         if h is not None and h.n_tree_features > self.n_features:
@@ -212,6 +235,13 @@ class LRBConfig(BaseModel):
         return self
 
     # ---- helpers ----
+    @property
+    def frame_tightness(self) -> float:
+        """t as used: 0 for the Gaussian frame, `tightness` (default 1) for the tight one."""
+        if self.frame == "tight":
+            return 1.0 if self.tightness is None else self.tightness
+        return FRAMES[self.frame]
+
     @property
     def target_dims(self) -> int:
         """n_r as used: the dimension of each W_r column (n_p unless a transcoder sets n_r)."""
@@ -287,6 +317,7 @@ class LRBSource:
             "lr": config.interference_lr,
             "max_iters": config.interference_max_iters,
             "dtype": dtype,
+            "tightness": config.frame_tightness,
         }
         blocks = [
             make_feature_matrix(config.n_p, n, config.M, generator=self._generator("W_p", j), **knobs) for j in range(m)
@@ -311,6 +342,7 @@ class LRBSource:
             self.true_l0 = (n - n_tree) * (1 - config.S) + self.hierarchy.expected_active(config.S)
         self._columns = {"p": self.W_p.T.contiguous(), "r": self.W_r.T.contiguous()}  # [n, n_in], [n, n_out]
         self._eval: tuple[_Entries, Batch] | None = None
+        self._frame: dict[str, Any] | None = None
         self._perms: dict[int, torch.Tensor] = {}
         self._set: _Entries | None = None
         if config.n_samples is not None:
@@ -347,6 +379,23 @@ class LRBSource:
         if n_samples < 1:
             raise ConfigError(f"n_samples must be >= 1, got {n_samples}")
         return self._dense(self._sample_entries(n_samples, self._generator(f"user:{stream}", index)))
+
+    def frame(self) -> dict[str, Any]:
+        """The frame's name, its tightness t and its measured geometry (`frame_properties`) for every
+        feature matrix the data use (W_p, each crosscoder block, W_r), reduced to the worst case: the
+        largest condition number and interference, the smallest dual cosine. Cached."""
+        if self._frame is None:
+            matrices = self.W_p_blocks + ([self.W_r] if self.W_r is not self.W_p else [])
+            each = [frame_properties(W) for W in matrices]
+            self._frame = {
+                "frame": self.config.frame,
+                "tightness": self.config.frame_tightness,
+                "condition_number": max(p["condition_number"] for p in each),
+                "max_interference": max(p["max_interference"] for p in each),
+                "mean_abs_interference": max(p["mean_abs_interference"] for p in each),
+                "dual_cosine": min(p["dual_cosine"] for p in each),
+            }
+        return dict(self._frame)
 
     def ground_truth(self) -> dict[str, torch.Tensor]:
         """{"W_p": [n_in, n], "W_r": [n_out, n]}: separate contiguous tensors (safetensors refuses shared
