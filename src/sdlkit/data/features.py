@@ -11,14 +11,14 @@ gradient descent on
     L_int(W) = sum_{i != j} max(0, G_ij - (M - eps))^2 + lam * sum_{i != j} max(0, G_ij)^2,  G = W^T W
 
 with the step W <- W - eta * grad L_int followed by renormalising the columns, stopping as soon as
-max_{i != j} G_ij <= M.
+max_{i != j} G_ij <= M. The gradient is 4 W D with D_ij = max(0, G_ij - (M - eps)) + lam max(0, G_ij)
+off the diagonal (D is symmetric): one Gram matrix and one [d, n] x [n, n] product per iteration.
 
 The frame option (`tightness` t in [0, 1]) inserts one step between the draw and the PGD:
 W <- (W Wᵀ)^{-t/2} W, then unit columns. t = 0 is App. C as written; t = 1 maps the draw to the
 nearest tight frame (W Wᵀ = (n/d) I before the columns are renormalised), so the condition number
 of W Wᵀ falls from ~200 (a Gaussian 1000 × 768 draw) to ~1.1-1.3; values between interpolate on a
-log scale (t = 0.5 gives ~15). The PGD then enforces the same M on either frame. The gradient is 4 W D with D_ij = max(0, G_ij - (M - eps)) + lam max(0, G_ij)
-off the diagonal (D is symmetric): one Gram matrix and one [d, n] x [n, n] product per iteration.
+log scale (t = 0.5 gives ~15). The PGD then enforces the same M on either frame.
 """
 
 from __future__ import annotations
