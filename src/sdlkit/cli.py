@@ -62,16 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     bench = sub.add_parser("bench", help="the paper's Table 1 and ablations on Linear Representation Bench data")
-    bench.add_argument(
-        "--preset",
-        default="quick",
-        help="quick | paper | superposition | interference | sparsity | topk-k (default: quick)",
-    )
+    bench.add_argument("--preset", default="quick", help="one of: " + ", ".join(_bench_presets()) + " (default: quick)")
     bench.add_argument("--quick", action="store_true", help="run an ablation preset at the quick scale")
     bench.add_argument(
         "--methods",
         default=None,
         help="comma-separated rows (default: the preset's; all: " + ",".join(_bench_methods()) + ")",
+    )
+    bench.add_argument(
+        "--frames",
+        default=None,
+        help="comma-separated LRB frames: gaussian (App. C as written), tight (its nearest tight frame) "
+        "(default: the preset's; both for the paper's tables)",
+    )
+    bench.add_argument(
+        "--no-references",
+        action="store_true",
+        help="skip the reference rows (chance, least-squares oracle, scikit-learn dictionary learning)",
     )
     bench.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (default: --seed, else 0)")
     bench.add_argument(
@@ -247,9 +254,15 @@ def _data_name(data: dict) -> str:
 
 
 def _bench_methods() -> list[str]:
-    from sdlkit.experiments.bench import ALL_METHODS
+    from sdlkit.experiments.bench import ALL_ROWS
 
-    return ALL_METHODS
+    return ALL_ROWS
+
+
+def _bench_presets() -> list[str]:
+    from sdlkit.experiments.bench import PRESETS
+
+    return list(PRESETS)
 
 
 def _int_list(flag: str, text: str) -> list[int]:
@@ -260,27 +273,30 @@ def _int_list(flag: str, text: str) -> list[int]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from sdlkit.experiments.bench import run_bench
+    from sdlkit.experiments.bench import BenchSpec, run_bench
 
-    seeds = _int_list("--seeds", args.seeds) if args.seeds else [args.seed or 0]
-    device = _device(args)
-    run_bench(
+    spec = BenchSpec(
         preset=args.preset,
-        methods=args.methods.split(",") if args.methods else None,
-        out=Path(args.out),
-        device=device,
-        seeds=seeds,
-        steps=args.steps,
+        quick=args.quick,
+        rows=args.methods.split(",") if args.methods else None,
+        frames=args.frames.split(",") if args.frames else None,
+        seeds=_int_list("--seeds", args.seeds) if args.seeds else [args.seed or 0],
         anchors=args.anchors,
         anchor_weight=args.anchor_weight,
         anchor_mode=args.anchor_mode,
         tau=args.tau,
-        quick=args.quick,
+        steps=args.steps,
         sweep=args.sweep,
+        device=_device(args),
+        overrides=args.set,
+        references=not args.no_references,
+    )
+    run_bench(
+        spec,
+        Path(args.out),
         resume=args.resume,
         overwrite=args.overwrite,
         progress=not args.no_progress,
-        overrides=args.set,
         batched={"auto": None, "always": True, "never": False}[args.batch],
     )
     return 0

@@ -25,6 +25,7 @@ with a running maximum, so n_q = 16,384, n = 1,000 needs a few tens of MB.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -275,6 +276,10 @@ def _keep_mask(exclude: Sequence[int] | torch.Tensor | None, n: int) -> torch.Te
 
 def _scores(learned: torch.Tensor, truth: torch.Tensor, tau: float, suffix: str) -> dict[str, float]:
     best, _ = best_match(learned, truth)
+    return _summary(best, tau, suffix)
+
+
+def _summary(best: torch.Tensor, tau: float, suffix: str) -> dict[str, float]:
     return {f"gt_recovery{suffix}": gt_recovery(best, tau), f"max_inner_product{suffix}": max_inner_product(best)}
 
 
@@ -286,7 +291,8 @@ def dictionary_recovery(
     exclude: Sequence[int] | torch.Tensor | None = None,
     tau: float = 0.95,
     matched: bool = False,
-) -> dict[str, float]:
+    curves: bool = False,
+) -> dict[str, Any]:
     """The bench's recovery record for one trained dictionary.
 
     W_p [n_in, n]: true input directions (columns); W_r [n_out, n]: true output directions (W_p for
@@ -303,7 +309,9 @@ def dictionary_recovery(
       `_decoder` versions (decoder row block j vs W_r block j). A feature whose true block is zero
       scores 0 in that source;
     - matched=True: matched_gt_recovery, matched_max_inner_product and their `_decoder` versions,
-      from a one-to-one Hungarian matching (see `matched_scores`) of the non-excluded features.
+      from a one-to-one Hungarian matching (see `matched_scores`) of the non-excluded features;
+    - curves=True: recovery_curve = {"tau": [101], "encoder": [101], "decoder": [101]}, M_GT against τ
+      (`recovery_curve`) from the same best matches.
     """
     for name, W, width, side in (("W_p", W_p, model.n_in, "n_in"), ("W_r", W_r, model.n_out, "n_out")):
         check_matrix(name, W)
@@ -322,7 +330,16 @@ def dictionary_recovery(
     encoder = model.W_E.detach()  # [n_latents, n_in]: rows
     decoder = model.W_D.detach().T  # [n_latents, n_out]: columns as rows
 
-    record = {**_scores(encoder, W_p, tau, ""), **_scores(decoder, W_r, tau, "_decoder")}
+    best_encoder, _ = best_match(encoder, W_p)
+    best_decoder, _ = best_match(decoder, W_r)
+    record: dict[str, Any] = {**_summary(best_encoder, tau, ""), **_summary(best_decoder, tau, "_decoder")}
+    if curves:
+        taus, encoder_curve = recovery_curve(best_encoder.cpu())
+        record["recovery_curve"] = {
+            "tau": [round(t, 4) for t in taus.tolist()],
+            "encoder": encoder_curve.tolist(),
+            "decoder": recovery_curve(best_decoder.cpu())[1].tolist(),
+        }
     in_blocks = model.config.in_blocks or [model.n_in]
     out_blocks = model.config.out_blocks or [model.n_out]
     if len(in_blocks) > 1:
