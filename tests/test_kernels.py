@@ -94,8 +94,12 @@ def test_auxk_with_fewer_dead_latents_than_k_aux_and_with_none():
     dead = torch.zeros(40, dtype=torch.bool)
     dead[[4, 17]] = True
     assert_kernels_agree(METHODS["topk-auxk"], dead=dead)
-    _, parts, _, _ = loss_and_grads(make_model("sparse", METHODS["topk-auxk"]), torch.randn(8, 12), torch.randn(8, 12),
-                                    torch.zeros(40, dtype=torch.bool))
+    _, parts, _, _ = loss_and_grads(
+        make_model("sparse", METHODS["topk-auxk"]),
+        torch.randn(8, 12),
+        torch.randn(8, 12),
+        torch.zeros(40, dtype=torch.bool),
+    )
     assert parts["auxk"] == 0
 
 

@@ -142,6 +142,7 @@ def reference_records(
             {
                 **base,
                 "reference": name,
+                "excluded_features": exclude,
                 **record,
                 **extra,
                 "fit_seconds": time.perf_counter() - started,
