@@ -182,10 +182,7 @@ def time_to_recovery(device: str, every: int, kernel: str, threshold: float = 0.
     from sdlkit.train.checkpoint import STATE_JSON, list_checkpoints
     from sdlkit.train.trainer import Trainer
 
-    spec = BenchSpec(
-        preset="quick", quick=False, methods=["topk"], seeds=[0], anchors=None, anchor_weight=0.1,
-        anchor_mode="soft", tau=0.95, steps=None, sweep=False, device=device,
-    )  # fmt: skip
+    spec = BenchSpec(preset="quick", rows=["topk"], frames=["gaussian"], device=device)
     values = plan_runs(spec)[0].values  # the unanchored TopK run
     values["train"].update(checkpoint_every=every, keep_checkpoints=10**6, progress=False)
     if has_kernel_field():

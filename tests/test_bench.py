@@ -7,7 +7,7 @@ import torch
 
 import sdlkit
 from sdlkit.cli import main
-from sdlkit.experiments.bench import ALL_ROWS, PRESETS, BenchSpec, plan_runs, recipe
+from sdlkit.experiments.bench import ALL_ROWS, BenchSpec, plan_runs, recipe
 from sdlkit.experiments.bench import run as bench_module
 from sdlkit.io import load_tensors
 
