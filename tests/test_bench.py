@@ -119,6 +119,17 @@ def test_a_record_can_be_recomputed_from_the_run_folder(quick_bench):
     dec = model.W_D.double() / model.W_D.double().norm(dim=0, keepdim=True)
     best_dec = (dec.T @ gt).abs().max(dim=0).values[keep]
     assert record["max_inner_product_decoder"] == pytest.approx(best_dec.mean().item(), abs=1e-5)
+    # the dual frame as least squares: D minimises ||W_pᵀ D − I||, i.e. W_pᵀ D = I on the features' span
+    W = truth["W_p"].double()
+    dual = torch.linalg.lstsq(W.T, torch.eye(W.shape[1], dtype=torch.float64)).solution  # [n_in, n]
+    dual = dual / dual.norm(dim=0, keepdim=True)
+    best_dual = (enc @ dual).abs().max(dim=0).values[keep]
+    assert record["max_inner_product_dual"] == pytest.approx(best_dual.mean().item(), abs=1e-5)
+    geometry = record["frame_geometry"]
+    eig = torch.linalg.eigvalsh(W @ W.T)
+    assert geometry["condition_number"] == pytest.approx((eig.max() / eig.min()).item(), rel=1e-6)
+    G = W.T @ W - torch.eye(W.shape[1], dtype=torch.float64)
+    assert geometry["max_interference"] == pytest.approx(G.max().item(), abs=1e-6)
 
 
 def test_twins_are_scored_on_the_same_features(quick_bench):
@@ -201,7 +212,8 @@ def test_an_ablation_runs_and_plots(tmp_path):
 def test_the_conditioning_preset_spans_the_condition_number_and_plots_against_it(tmp_path):
     out = tmp_path / "b"
     assert bench(out, "--preset", "conditioning", "--methods", "topk", "--steps", "2", "--no-references") == 0
-    records = [r for r in json.loads((out / "results.json").read_text()) if not r["anchored"]]
+    records = json.loads((out / "results.json").read_text())
+    assert not any(r["anchored"] for r in records)  # this ablation has no anchored twins
     conds = [r["frame_geometry"]["condition_number"] for r in records]
     assert len(conds) == 6 and conds == sorted(conds, reverse=True) and conds[0] > 100 and conds[-1] < 2
     assert [r["frame_geometry"]["tightness"] for r in records] == [0.0, 0.25, 0.5, 0.75, 0.9, 1.0]

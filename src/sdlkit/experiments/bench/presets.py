@@ -65,6 +65,8 @@ class Preset:
     description: str
     frames: tuple[str, ...] = FRAMES
     x_axis: str | None = None
+    anchoring: tuple[bool, ...] = (False, True)
+    """Which twins each row trains: without and with feature anchoring (an ablation may skip the latter)."""
 
 
 def _ratio_n(n: int) -> int:
@@ -115,5 +117,6 @@ PRESETS: dict[str, Preset] = {
         "tight frame (t = 1), same M",
         frames=("tight",),
         x_axis="condition_number",
+        anchoring=(False,),
     ),
 }

@@ -120,7 +120,9 @@ def run_groups(plans: list[RunPlan], batched: bool | None) -> list[list[RunPlan]
 
 
 def excluded_features(source: LRBSource, plan: RunPlan) -> list[int]:
-    """The features the anchored twin of `plan` pins: left out of both twins' scores."""
+    """The features the anchored twin of `plan` pins: left out of both twins' scores (none without a twin)."""
+    if plan.n_anchors == 0:
+        return []
     truth = source.ground_truth()
     return ground_truth_anchors(truth["W_p"], truth["W_r"], plan.n_anchors, plan.seed).indices
 

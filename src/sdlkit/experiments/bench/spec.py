@@ -127,6 +127,7 @@ def plan_runs(spec: BenchSpec) -> list[RunPlan]:
             probe = run_config({"data": {"preset": scale.data, **data_over}, "model": {"n_latents": scale.n_latents}})
             n, true_l0 = probe.data.n_features, probe.data.n_features * (1 - probe.data.S)
             n_anchors = spec.anchors if spec.anchors is not None else max(1, round(0.1 * n))
+            n_anchors = n_anchors if True in preset.anchoring else 0  # nothing to leave out without a twin
             if n_anchors > n:
                 raise ConfigError(f"--anchors {n_anchors} is larger than the number of features n = {n}")
             if n_anchors > scale.n_latents:
@@ -134,7 +135,7 @@ def plan_runs(spec: BenchSpec) -> list[RunPlan]:
             for row in spec.rows or []:
                 plan = recipe(row, true_l0, steps)
                 method_values = {**plan.method, **{k: v for k, v in method_over.items() if k in plan.method}}
-                for anchored in (False, True):
+                for anchored in preset.anchoring:
                     for seed in spec.seeds:
                         train = _train_values(scale, steps, row)
                         if anchored:
