@@ -1,0 +1,102 @@
+"""The bench report's sentences, table-driven: what each comparison says for given numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdlkit.experiments.bench.report import _cell, compare, headline, method_yaml, verdict
+from sdlkit.experiments.paper_tables import TABLE1
+
+
+@pytest.mark.parametrize(
+    ("name", "ours", "paper", "percent", "expected"),
+    [
+        ("M_GT", 0.912, 0.849, True, "M_GT 91.2% vs the paper's 84.9% (+6.3 pp, higher)"),
+        ("M_GT", 0.0, 0.849, True, "M_GT 0.0% vs the paper's 84.9% (-84.9 pp, lower)"),
+        ("M_GT", 0.0, 0.0, True, "M_GT 0.0% vs the paper's 0.0% (equal)"),  # never "more than reported"
+        ("M_GT", 0.84904, 0.849, True, "M_GT 84.9% vs the paper's 84.9% (equal)"),  # rounds to zero: no direction
+        ("M_IP", 0.962, 0.983, False, "M_IP 0.962 vs the paper's 0.983 (-0.021, lower)"),
+        ("M_IP", 0.9834, 0.983, False, "M_IP 0.983 vs the paper's 0.983 (equal)"),
+    ],
+)
+def test_compare(name, ours, paper, percent, expected):
+    assert compare(name, ours, paper, percent) == expected
+
+
+def _run(gt, ip, gt_dec=0.98, ip_dec=0.99, frame="tight", row="topk", anchored=False):
+    return {
+        "frame": frame,
+        "setting": "",
+        "row": row,
+        "anchored": anchored,
+        "gt_recovery": gt,
+        "max_inner_product": ip,
+        "gt_recovery_decoder": gt_dec,
+        "max_inner_product_decoder": ip_dec,
+    }
+
+
+@pytest.mark.parametrize(
+    ("fa", "expected_tail"),
+    [
+        ([], "Decoder columns: M_GT 98.0%, M_IP 0.990."),
+        ([_run(0.95, 0.97)], "Anchoring: +4.0 pp on encoder M_GT (paper: +2.7 pp on encoder M_GT)."),
+        ([_run(0.91, 0.97, gt_dec=0.98)], "Anchoring changed neither M_GT."),  # no ±0.0 clause
+        ([_run(0.91, 0.97, gt_dec=0.99)], "Anchoring: +1.0 pp on decoder M_GT (paper: +2.7 pp on encoder M_GT)."),
+    ],
+)
+def test_verdict_sentences(fa, expected_tail):
+    sentence = verdict("topk", [_run(0.91, 0.962)], fa, TABLE1)
+    assert sentence.startswith(
+        "**TopK SAE**: encoder rows M_GT 91.0% vs the paper's 84.9% (+6.1 pp, higher); "
+        "M_IP 0.962 vs the paper's 0.983 (-0.021, lower)."
+    )
+    assert sentence.endswith(expected_tail), sentence
+
+
+def test_verdict_for_a_row_the_paper_lacks():
+    assert verdict("gated", [_run(0.5, 0.9, row="gated")], [], TABLE1).startswith(
+        "**Gated SAE**: not in the paper's table; encoder rows M_GT 50.0%, M_IP 0.900."
+    )
+
+
+@pytest.mark.parametrize(
+    ("gaussian_ip", "tight_ip", "expected"),
+    [
+        (0.80, 0.975, "**The tight frame reproduces the paper's encoder-row recovery; the gaussian frame does not**"),
+        (0.975, 0.80, "**The gaussian frame reproduces the paper's encoder-row recovery; the tight frame does not**"),
+        (0.80, 0.90, "**Neither frame reproduces the paper's encoder-row recovery; the tight frame comes closest**"),
+    ],
+)
+def test_headline_names_the_frame_that_reproduces_the_paper(gaussian_ip, tight_ip, expected):
+    records = [
+        _run(0.0 if frame == "gaussian" else 0.9, ip, frame=frame, row=row)
+        for frame, ip in (("gaussian", gaussian_ip), ("tight", tight_ip))
+        for row in ("topk", "batchtopk", "matryoshka")
+    ]
+    sentence = headline(records, {"": TABLE1})
+    assert sentence.startswith(expected), sentence
+    assert f"the gaussian frame 0.0% / {gaussian_ip:.3f}" in sentence and "paper 84.5% / 0.982" in sentence
+
+
+def test_no_headline_with_one_frame():
+    assert headline([_run(0.9, 0.97)], {"": TABLE1}) is None
+
+
+@pytest.mark.parametrize(
+    ("values", "percent", "expected"),
+    [([0.5], True, "50.0%"), ([0.5, 0.5], True, "50.0%"), ([0.5, 0.7], False, "0.600 ± 0.141"), ([None], False, "–")],
+)
+def test_cells_leave_out_zero_spread(values, percent, expected):
+    assert _cell([{"x": v} for v in values], "x", percent) == expected
+
+
+def test_method_config_prints_as_a_set_argument_that_round_trips():
+    from sdlkit.config import apply_override
+
+    method = {"name": "matryoshka", "k": 3, "prefixes": [16, 512], "auxk": None}
+    text = method_yaml(method)
+    assert text == "--set 'model.method={name: matryoshka, k: 3, prefixes: [16, 512], auxk: null}'"
+    values: dict = {}
+    apply_override(values, text.removeprefix("--set '").removesuffix("'"))
+    assert values == {"model": {"method": method}}
