@@ -40,7 +40,7 @@ def trajectory(frame: str, every: int, steps: int | None) -> list[dict[str, floa
         for folder in list_checkpoints(Path(tmp) / "run"):
             model = sdlkit.load(folder)
             record = dictionary_recovery(model, truth["W_p"], truth["W_r"])
-            record |= encoder_geometry(model.W_E, truth["W_p"], [])
+            record |= encoder_geometry(model.W_E, source.dual_p(), [])
             points.append({"step": int(folder.name.removeprefix("step-")), **record})
     return points
 

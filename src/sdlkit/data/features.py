@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_ITERS",
     "FRAMES",
     "check_interference_feasible",
+    "dual_frame",
     "frame_properties",
     "make_feature_matrix",
     "max_interference",
@@ -104,6 +105,15 @@ def tighten(W: torch.Tensor, tightness: float) -> torch.Tensor:
 
 
 @torch.no_grad()
+def dual_frame(W: torch.Tensor) -> torch.Tensor:
+    """The canonical dual frame (W Wᵀ)⁺ W [n_dims, n] of W [n_dims, n], in float64. Its columns are the
+    rows of the least-squares linear encoder of codes c from x = W c (uncorrelated codes of equal
+    variance); for a tight frame they are parallel to the columns of W."""
+    W64 = W.detach().to(torch.float64)
+    return torch.linalg.pinv(W64 @ W64.T, hermitian=True) @ W64
+
+
+@torch.no_grad()
 def frame_properties(W: torch.Tensor) -> dict[str, float]:
     """Measured geometry of a feature matrix W [n_dims, n_features] (float64):
 
@@ -123,11 +133,7 @@ def frame_properties(W: torch.Tensor) -> dict[str, float]:
     condition = eigenvalues.max().item() / low if low > 1e-12 * eigenvalues.max().item() else float("inf")
     G = W64.T @ W64
     off_diagonal = ~torch.eye(n, dtype=torch.bool)
-    if math.isfinite(condition):
-        dual = torch.linalg.solve(frame_operator, W64)
-        dual_cosine = _column_cosine(W64, dual).mean().item()
-    else:
-        dual_cosine = float("nan")
+    dual_cosine = _column_cosine(W64, dual_frame(W64)).mean().item() if math.isfinite(condition) else float("nan")
     return {
         "condition_number": condition,
         "max_interference": G[off_diagonal].max().item() if n > 1 else float("-inf"),

@@ -48,6 +48,7 @@ from sdlkit.data.features import (
     DEFAULT_MAX_ITERS,
     FRAMES,
     check_interference_feasible,
+    dual_frame,
     frame_properties,
     make_feature_matrix,
 )
@@ -343,6 +344,7 @@ class LRBSource:
         self._columns = {"p": self.W_p.T.contiguous(), "r": self.W_r.T.contiguous()}  # [n, n_in], [n, n_out]
         self._eval: tuple[_Entries, Batch] | None = None
         self._frame: dict[str, Any] | None = None
+        self._dual: torch.Tensor | None = None
         self._perms: dict[int, torch.Tensor] = {}
         self._set: _Entries | None = None
         if config.n_samples is not None:
@@ -396,6 +398,13 @@ class LRBSource:
                 "dual_cosine": min(p["dual_cosine"] for p in each),
             }
         return dict(self._frame)
+
+    def dual_p(self) -> torch.Tensor:
+        """The dual frame of W_p, (W_p W_pᵀ)⁺ W_p [n_in, n] in float64 (cached): the rows of the best
+        linear encoder, against which the bench also scores encoder rows."""
+        if self._dual is None:
+            self._dual = dual_frame(self.W_p)
+        return self._dual
 
     def ground_truth(self) -> dict[str, torch.Tensor]:
         """{"W_p": [n_in, n], "W_r": [n_out, n]}: separate contiguous tensors (safetensors refuses shared

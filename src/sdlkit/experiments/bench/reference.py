@@ -134,7 +134,7 @@ def reference_records(
         model, extra = built
         save(model, folder / name)
         record = dictionary_recovery(model, truth["W_p"], truth["W_r"], exclude=exclude, tau=tau, matched=True)
-        record |= encoder_geometry(model.W_E, truth["W_p"], exclude)
+        record |= encoder_geometry(model.W_E, source.dual_p(), exclude)
         if not extra.pop("encoder", True):  # no encoder rows: only the atoms are a dictionary
             for key in [k for k in record if not k.endswith("_decoder")]:
                 record[key] = None

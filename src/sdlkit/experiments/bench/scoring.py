@@ -13,13 +13,6 @@ from sdlkit.model import SparseDictionary
 from sdlkit.recovery import best_match, dictionary_recovery, max_inner_product
 
 
-def dual_frame(W: torch.Tensor) -> torch.Tensor:
-    """The canonical dual frame (W Wᵀ)⁺ W [n_dims, n] of W [n_dims, n], in float64: its columns are the rows
-    of the least-squares linear encoder of codes from x = W c (for uncorrelated codes with equal variance)."""
-    W64 = W.detach().to(torch.float64)
-    return torch.linalg.pinv(W64 @ W64.T, hermitian=True) @ W64
-
-
 def _keep(n: int, exclude: list[int]) -> torch.Tensor:
     keep = torch.ones(n, dtype=torch.bool)
     keep[exclude] = False
@@ -27,13 +20,13 @@ def _keep(n: int, exclude: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encoder_geometry(W_E: torch.Tensor, W_p: torch.Tensor, exclude: list[int]) -> dict[str, float]:
-    """Where the encoder rows W_E [n_latents, n_in] sit between the features W_p [n_in, n] and their dual
-    frame: `max_inner_product_dual`, M_IP of the encoder rows against the dual frame's columns (1 when every
-    feature has a row along its dual vector, as the least-squares oracle has), beside the usual M_IP
-    against the features themselves. Anchored features (`exclude`) are left out."""
-    keep = _keep(W_p.shape[1], exclude)
-    best, _ = best_match(W_E.detach().to(torch.float64), dual_frame(W_p)[:, keep])
+def encoder_geometry(W_E: torch.Tensor, dual: torch.Tensor, exclude: list[int]) -> dict[str, float]:
+    """Where the encoder rows W_E [n_latents, n_in] sit between the features and their dual frame `dual`
+    [n_in, n] (`sdlkit.data.features.dual_frame`): `max_inner_product_dual`, M_IP of the encoder rows
+    against the dual vectors (1 when every feature has a row along its dual vector, as the least-squares
+    oracle has), beside the usual M_IP against the features. Anchored features (`exclude`) are left out."""
+    keep = _keep(dual.shape[1], exclude)
+    best, _ = best_match(W_E.detach().to(torch.float64), dual[:, keep])
     return {"max_inner_product_dual": max_inner_product(best)}
 
 
@@ -42,4 +35,4 @@ def score(model: SparseDictionary, source: LRBSource, exclude: list[int], tau: f
     encoder geometry."""
     truth = source.ground_truth()
     record = dictionary_recovery(model, truth["W_p"], truth["W_r"], exclude=exclude, tau=tau, matched=True, curves=True)
-    return record | encoder_geometry(model.W_E, truth["W_p"], exclude)
+    return record | encoder_geometry(model.W_E, source.dual_p(), exclude)
