@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +28,14 @@ from sdlkit.anchoring import ground_truth_anchors
 from sdlkit.config import RunConfig, apply_override, run_config
 from sdlkit.data import LRBSource, build_source
 from sdlkit.errors import ConfigError
-from sdlkit.io import save_tensors, write_json_atomically
+from sdlkit.io import (
+    check_output_folder,
+    mark_folder,
+    read_json,
+    remove_owned_folder,
+    save_tensors,
+    write_json_atomically,
+)
 from sdlkit.recovery import best_match, dictionary_recovery, recovery_curve
 from sdlkit.report import format_table
 from sdlkit.train import Trainer, TrainResult
@@ -243,6 +249,8 @@ def validate_spec(spec: BenchSpec) -> Preset:
         raise ConfigError(f"--anchor-weight {spec.anchor_weight} is not allowed: λ_anchor must be >= 0")
     if not spec.seeds:
         raise ConfigError("--seeds is empty: give at least one seed, e.g. --seeds 0,1,2")
+    if spec.steps is not None and spec.steps < 1:
+        raise ConfigError(f"--steps {spec.steps} is not allowed: give at least 1 (or leave it out for the default)")
     return PRESETS[spec.preset]
 
 
@@ -250,7 +258,7 @@ def plan_runs(spec: BenchSpec) -> list[RunPlan]:
     """Every run of the bench, in order (settings × methods × without/with anchoring × seeds)."""
     preset = validate_spec(spec)
     scale = SCALES["quick" if spec.quick or preset.scale == "quick" else preset.scale]
-    steps = spec.steps or scale.steps
+    steps = spec.steps if spec.steps is not None else scale.steps
     plans = []
     for setting in preset.settings:
         data_over, method_over = setting.overrides(spec.quick or preset.scale == "quick")
@@ -302,14 +310,18 @@ def plan_runs(spec: BenchSpec) -> list[RunPlan]:
 
 # ----- running ----------------------------------------------------------------------------------------
 def prepare_folder(out: Path, spec: BenchSpec, resume: bool, overwrite: bool) -> list[dict[str, Any]]:
-    """Make `out` ready; return the records already finished there (resume) or none."""
+    """Make `out` ready; return the records already finished there (resume) or none. `overwrite` deletes
+    only a bench folder (sdlkit.io.remove_owned_folder); a bench that never finished a run nor wrote a
+    checkpoint does not lock its folder (a corrected command takes it over)."""
     meta_path, results_path = out / "bench.json", out / "results.json"
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    if out.exists() and any(out.iterdir()):
-        if not meta_path.is_file():
-            raise ConfigError(f"output folder {out} holds something else: choose another --out or pass --overwrite")
-        saved = json.loads(meta_path.read_text())
+    if overwrite and resume:
+        raise ConfigError("--overwrite and --resume contradict each other: choose one")
+    if overwrite:
+        remove_owned_folder(out, "bench")
+    check_output_folder(out, "bench")
+    records = read_json(results_path, ConfigError, kind=list) if results_path.is_file() else []
+    if records or any(list_checkpoints(run) for run in out.glob("*") if run.is_dir()):
+        saved = read_json(meta_path, ConfigError) if meta_path.is_file() else {}
         if saved != spec.comparable():
             changed = sorted(k for k in set(saved) | set(spec.comparable()) if saved.get(k) != spec.comparable().get(k))
             raise ConfigError(
@@ -320,8 +332,8 @@ def prepare_folder(out: Path, spec: BenchSpec, resume: bool, overwrite: bool) ->
             raise ConfigError(
                 f"output folder {out} already holds this bench: pass --resume to finish it or --overwrite"
             )
-        return json.loads(results_path.read_text()) if results_path.is_file() else []
-    out.mkdir(parents=True, exist_ok=True)
+        return records
+    mark_folder(out, "bench")
     write_json_atomically(meta_path, spec.comparable())
     return []
 
