@@ -266,25 +266,35 @@ def test_undecodable_config_files_are_one_line(tmp_path, capsys, reference_run):
     fails(capsys, ["diagnose", reference_run, "--bench-config", binary], 2, "is not UTF-8 text")
 
 
+@pytest.mark.parametrize("writer", ["safetensors", "json"])
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_resumable(
-    tmp_path, capsys, monkeypatch, config, reference_run
+    tmp_path, capsys, monkeypatch, config, reference_run, writer
 ):
+    """The checkpoint of step 20 fails as a full disk makes it fail: safetensors' own error, or Python's
+    (an OSError without a file name), at the trainer state's file."""
     import sdlkit.io
 
-    save_file, calls = sdlkit.io.save_file, []
+    save_file, real_open = sdlkit.io.save_file, open
 
-    def disk_full_at_the_second_checkpoint(tensors, path, metadata=None):
-        calls.append(path)
-        if len(calls) == 3:  # step 10 wrote 2 files; step 20 fails as safetensors reports it
+    def safetensors_disk_full(tensors, path, metadata=None):
+        if "step-00000020" in str(path):
             raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         return save_file(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(sdlkit.io, "save_file", disk_full_at_the_second_checkpoint)
+    def python_disk_full(path, *args, **kwargs):
+        if "step-00000020" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, *args, **kwargs)
+
+    if writer == "safetensors":
+        monkeypatch.setattr(sdlkit.io, "save_file", safetensors_disk_full)
+    else:
+        monkeypatch.setattr(sdlkit.io, "open", python_disk_full, raising=False)
     run = tmp_path / "run"
     err = fails(capsys, ["train", "--config", config, "--out", run], 1, "No space left on device", "free some space")
-    assert "trainer_state.safetensors" in err
+    assert f"{run / 'checkpoints'}/.tmp-step-00000020-" in err and "/trainer_state." in err  # the file is named
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000010"]  # no half-written folder
-    monkeypatch.setattr(sdlkit.io, "save_file", save_file)  # space freed
+    monkeypatch.undo()  # space freed
     assert train(config, run, "--resume") == 0
     assert_same_weights(run, reference_run)
 

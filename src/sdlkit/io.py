@@ -92,8 +92,20 @@ def clean_interrupted_writes(parent: Path) -> None:
                 path.rename(target)
 
 
+def write_text(path: Path, text: str, mode: str = "w") -> None:
+    """Write (mode "w") or append ("a") `text` to `path`; a failed write (a full disk) raises an OSError
+    that names the file, which Python's own write errors do not."""
+    try:
+        with open(path, mode, encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+
+
 def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def write_text_atomically(path: Path, text: str) -> None:
@@ -101,7 +113,7 @@ def write_text_atomically(path: Path, text: str) -> None:
     failed write, e.g. on a full disk, leaves the old file and no temporary)."""
     tmp = Path(path).with_name(f".{Path(path).name}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        write_text(tmp, text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -351,7 +363,10 @@ def remove_owned_folder(folder: Path, kind: str, flag: str = "--out") -> None:
     anything else (`check_replaceable`). Nothing sdlkit did not write is ever deleted."""
     check_replaceable(folder, kind, flag)
     if Path(folder).exists():
-        shutil.rmtree(folder)
+        try:
+            shutil.rmtree(folder)
+        except OSError as err:  # rmtree names the file relative to the folder it was in
+            raise OSError(err.errno, f"cannot delete it: {err.strerror or err}", str(folder)) from None
 
 
 def _json_or_none(path: Path) -> Any:

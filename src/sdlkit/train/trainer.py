@@ -21,7 +21,7 @@ from sdlkit.config import RESAMPLE_SEED_OFFSET, RunConfig, TrainConfig
 from sdlkit.data.directions import known_directions
 from sdlkit.data.source import Batch, DataSource
 from sdlkit.errors import CheckpointError, ConfigError, ShapeError, TrainingDiverged
-from sdlkit.io import clean_interrupted_writes, load_weights, mark_folder, write_text_atomically
+from sdlkit.io import clean_interrupted_writes, load_weights, mark_folder, write_text, write_text_atomically
 from sdlkit.metrics import reconstruction_metrics
 from sdlkit.model import SparseDictionary, check_fits
 from sdlkit.objective import Objective, Term, TermContext
@@ -300,8 +300,7 @@ class Trainer:
         )
         self._reset_accumulators()
         if self.run_dir is not None and self.is_main:
-            with open(self.run_dir / METRICS_FILE, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            write_text(self.run_dir / METRICS_FILE, json.dumps(record) + "\n", mode="a")
         return record
 
     # ----- the loop -----------------------------------------------------------------------------------
