@@ -74,22 +74,12 @@ def write_folder_atomically(target: Path, write: Callable[[Path], None]) -> Path
 
 
 def clean_interrupted_writes(parent: Path) -> None:
-    """Remove what killed `write_folder_atomically` calls left in `parent`: `.tmp-*` folders (never
-    loaded) and `.old-*` folders whose replacement is in place; an `.old-*` folder whose replacement
-    never arrived is renamed back, so the last complete copy is kept."""
-    if not Path(parent).is_dir():
-        return
-    for path in Path(parent).iterdir():
-        if not path.is_dir() or path.is_symlink():
-            continue
-        if path.name.startswith(".tmp-"):
-            shutil.rmtree(path)
-        elif match := re.fullmatch(r"\.old-(.+)-\d+", path.name):
-            target = path.with_name(match.group(1))
-            if target.exists():
+    """Remove the `.tmp-*` folders that killed `write_folder_atomically` calls left in `parent` (nothing
+    loads them: a checkpoint exists only once renamed into place)."""
+    if Path(parent).is_dir():
+        for path in Path(parent).glob(".tmp-*"):
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
-            else:
-                path.rename(target)
 
 
 def write_text(path: Path, text: str, mode: str = "w") -> None:

@@ -164,8 +164,12 @@ class Forward:
 def available_memory(device: str | torch.device) -> int | None:
     """Bytes free on `device` now (the CPU: MemAvailable of /proc/meminfo), or None where unknown."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cuda":  # free on the card, plus what torch's caching allocator holds but does not use
+        return (
+            torch.cuda.mem_get_info(device)[0]
+            + torch.cuda.memory_reserved(device)
+            - torch.cuda.memory_allocated(device)
+        )
     try:
         with open("/proc/meminfo") as handle:
             fields = dict(line.split(":", 1) for line in handle if ":" in line)
