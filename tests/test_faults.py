@@ -378,3 +378,20 @@ def test_a_bench_that_never_finished_a_run_does_not_lock_its_folder(tmp_path, ca
     before = hashes(out)
     fails(capsys, [*args, "--set", "train.lr=0.01"], 2, "holds results of a different bench")  # finished runs lock it
     assert hashes(out) == before
+
+
+def test_a_folder_sdlkit_did_not_create_never_becomes_its_own(tmp_path, capsys, config, store_run):
+    """A run written by the library into an existing folder (here the store) does not mark it as a run,
+    so `train --overwrite` still refuses to delete it."""
+    from sdlkit.config import run_config
+    from sdlkit.data import build_source
+    from sdlkit.train import Trainer
+
+    store, _ = store_run
+    values = yaml.safe_load((tmp_path / "store.yaml").read_text())
+    run = run_config(values)
+    Trainer(run, build_source(run.data), store).fit()
+    assert not (store / ".sdlkit").exists()
+    before = hashes(store)
+    fails(capsys, ["train", "--config", tmp_path / "store.yaml", "--out", store, "--overwrite"], 2, "refusing")
+    assert hashes(store) == before

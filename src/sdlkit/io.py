@@ -290,12 +290,14 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], origi
 
 # ----- folders sdlkit owns --------------------------------------------------------------------------
 def mark_folder(folder: Path, kind: str) -> Path:
-    """Create `folder` (and its parents) as sdlkit's `kind` folder: its marker says so to `--overwrite`."""
+    """Create `folder` (and its parents) as sdlkit's `kind` folder: its marker says so to `--overwrite`.
+    A folder that already holds files is not marked: sdlkit did not create it, so it is not its to delete
+    (one it wrote before the marker existed is still recognised by `folder_kind`)."""
     folder = Path(folder)
+    fresh = not folder.exists() or not any(folder.iterdir())
     folder.mkdir(parents=True, exist_ok=True)
-    marker = folder / MARKER_FILE
-    if not marker.is_file():
-        write_json_atomically(marker, {"kind": kind, "written_by": "sdlkit"})
+    if fresh:
+        write_json_atomically(folder / MARKER_FILE, {"kind": kind, "written_by": "sdlkit"})
     return folder
 
 

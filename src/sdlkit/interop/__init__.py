@@ -100,9 +100,9 @@ def export_checkpoint(
     cfg, tensors = module.to_files(model, config, hook_name=hook_name, model_name=model_name)
 
     def write(tmp: Path) -> None:
+        mark_folder(tmp, "export")
         save_tensors(tmp / module.WEIGHTS_FILE, tensors)
         write_json(tmp / module.CONFIG_FILE, cfg)
-        mark_folder(tmp, "export")
 
     return write_folder_atomically(out, write)
 
