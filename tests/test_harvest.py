@@ -302,7 +302,7 @@ def test_bad_input_gets_one_line_errors(gpt2, tmp_path, text_file, image_folder)
         harvest(str(gpt2), "transformer.h.0", "someone/some-dataset", out, **opts)
     with pytest.raises(ConfigError, match="takes text but .* holds image samples"):
         harvest(str(gpt2), "transformer.h.0", str(image_folder), out, **opts)
-    with pytest.raises(ConfigError, match="cannot load"):
+    with pytest.raises(ConfigError, match="model folder .*no-model does not exist"):
         harvest(str(tmp_path / "no-model"), "transformer.h.0", str(text_file), out, **opts)
     with pytest.raises(ConfigError, match="clip:pooled needs a CLIP model"):
         harvest(str(gpt2), "clip:pooled", str(text_file), out, **opts)

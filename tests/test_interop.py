@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import sdlkit
-from sdlkit.errors import CheckpointError, ConfigError
+from sdlkit.errors import CheckpointError, ConfigError, SdlkitError
 from sdlkit.interop import export_checkpoint, import_checkpoint
 from sdlkit.model import ModelConfig, SparseDictionary
 
@@ -382,5 +382,9 @@ def test_output_folder_is_not_replaced_without_overwrite(tmp_path):
         export_checkpoint(path, tmp_path / "busy", "saelens")
     with pytest.raises(ConfigError, match="would replace the input"):
         export_checkpoint(path, path, "saelens", overwrite=True)
-    export_checkpoint(path, tmp_path / "busy", "saelens", overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    with pytest.raises(SdlkitError, match="refusing to overwrite .*busy: it is not sdlkit's"):  # not an export
+        export_checkpoint(path, tmp_path / "busy", "saelens", overwrite=True)
+    assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+    export_checkpoint(path, tmp_path / "export", "saelens")
+    export_checkpoint(path, tmp_path / "export", "saelens", overwrite=True)  # an export replaces an export
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [".sdlkit", "cfg.json", "sae_weights.safetensors"]

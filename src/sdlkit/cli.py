@@ -1,15 +1,16 @@
 """The `sdlkit` command: train, info, bench, theory, diagnose (here) and harvest, eval, export, import
 (real model activations, in cli_activations.py).
 
-Errors in what the user gave (a bad option, config value, checkpoint) print one line on standard
-error and exit with status 2; a diverged run exits 3 after naming its last good checkpoint.
+Errors in what the user gave (a bad option, config value, checkpoint, an unusable path) print one line
+on standard error and exit with status 2; a diverged run exits 3 after naming its last good checkpoint;
+a fault of the machine (full disk, out of memory, I/O error) prints one line and exits 1 (see `main`).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -154,6 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sdlkit.config import load_yaml, run_config
     from sdlkit.data import build_source
     from sdlkit.data.directions import has_known_directions, known_directions
+    from sdlkit.io import check_output_folder, remove_owned_folder
     from sdlkit.report import format_table
     from sdlkit.train import Trainer, distributed
 
@@ -174,12 +176,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides += [f"train.anchors.source={args.anchors_from}"] if args.anchors_from is not None else []
     config = run_config(values, overrides)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
-    if args.overwrite and args.resume:
-        raise SdlkitError("--overwrite and --resume contradict each other: choose one")
     dist, device = distributed.from_environment(config.device)  # under torchrun: join the group
     try:
-        if args.overwrite and out.exists() and (dist is None or dist.is_main):
-            shutil.rmtree(out)
+        if dist is None or dist.is_main:
+            if args.overwrite:
+                remove_owned_folder(out, "run")
+            else:
+                check_output_folder(out, "run")
         if dist is not None:
             config = config.model_copy(update={"device": device})
             distributed.barrier()
@@ -213,14 +216,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from safetensors import safe_open
-
-    from sdlkit.io import WEIGHTS_FILE, read_config, resolve_checkpoint
+    from sdlkit.io import WEIGHTS_FILE, read_config, resolve_checkpoint, tensor_shapes
 
     folder = resolve_checkpoint(args.checkpoint)
     config = read_config(folder)
-    with safe_open(str(folder / WEIGHTS_FILE), "pt") as handle:
-        shapes = {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+    shapes = tensor_shapes(folder / WEIGHTS_FILE)
     if args.json:
         print(json.dumps({**config, "tensors": shapes}, indent=2))
         return 0
@@ -272,15 +272,22 @@ def _int_list(flag: str, text: str) -> list[int]:
         raise SdlkitError(f"{flag} {text!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
 
 
+def _names(flag: str, text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise SdlkitError(f"{flag} is empty: name at least one, e.g. {flag} topk,relu")
+    return names
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from sdlkit.experiments.bench import BenchSpec, run_bench
 
     spec = BenchSpec(
         preset=args.preset,
         quick=args.quick,
-        rows=args.methods.split(",") if args.methods else None,
-        frames=args.frames.split(",") if args.frames else None,
-        seeds=_int_list("--seeds", args.seeds) if args.seeds else [args.seed or 0],
+        rows=_names("--methods", args.methods) if args.methods is not None else None,
+        frames=_names("--frames", args.frames) if args.frames is not None else None,
+        seeds=_int_list("--seeds", args.seeds) if args.seeds is not None else [args.seed or 0],
         anchors=args.anchors,
         anchor_weight=args.anchor_weight,
         anchor_mode=args.anchor_mode,
@@ -331,6 +338,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     import sdlkit
     from sdlkit.data.lrb import LRBSource
     from sdlkit.experiments.diagnose import bench_data_config, census, census_table, to_json
+    from sdlkit.io import write_json_atomically
 
     device = _device(args)
     model = sdlkit.load(args.checkpoint, device=device)
@@ -342,17 +350,44 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     if len(result["absorbed"]) > 20:
         print(f"… and {len(result['absorbed']) - 20} more absorbed features (see --json)")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(to_json(result), indent=2) + "\n")
+        write_json_atomically(Path(args.json_out), to_json(result))
         print(f"census: {args.json_out}")
     return 0
 
 
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+"""OSErrors that are faults of the machine (exit 1), not of the path the user gave (exit 2)."""
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line: the path, the cause, and for a full disk what to do."""
+    where = f"{err.filename}: " if err.filename else ""
+    cause = err.strerror or str(err) or type(err).__name__
+    hint = ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = " (free some space and run the command again; with --resume where the command has it)"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = " (choose a folder you can write to)"
+    return f"{where}{cause}{hint}"
+
+
+def _out_of_memory() -> tuple[type[BaseException], ...]:
+    import torch
+
+    return (MemoryError, torch.OutOfMemoryError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done; 2 a mistake in what was given (one line on stderr); 3 a
+    diverged run (naming its last good checkpoint); 1 a fault of the machine (full disk, out of memory,
+    I/O error, no network); 130 interrupted."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # usage errors (status 2) and --help (status 0)
         return int(exit_.code or 0)
     try:
+        if getattr(args, "overwrite", False) and getattr(args, "resume", False):
+            raise SdlkitError("--overwrite and --resume contradict each other: choose one")
         return args.func(args)
     except TrainingDiverged as err:
         print(f"sdlkit: error: {err}", file=sys.stderr)
@@ -360,6 +395,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SdlkitError as err:
         print(f"sdlkit: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"sdlkit: error: {describe_os_error(err)}", file=sys.stderr)
+        environment = err.errno in ENVIRONMENT_ERRNOS or isinstance(err, ConnectionError | TimeoutError)
+        return 1 if environment else 2
+    except _out_of_memory() as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(
+            f"sdlkit: error: out of memory ({first or type(err).__name__}): lower the batch or model size",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("sdlkit: interrupted", file=sys.stderr)
         return 130

@@ -7,7 +7,6 @@ error convention holds: bad input prints one line and exits 2.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -146,6 +145,7 @@ def cmd_harvest(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from sdlkit.evaluate import evaluate_checkpoint
+    from sdlkit.io import write_json_atomically
     from sdlkit.report import format_table
 
     report = evaluate_checkpoint(
@@ -156,7 +156,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         all_rows=args.all_rows,
         max_rows=args.max_rows,
         batch_size=args.batch_size,
-        device=args.device or "cpu",
+        device=args.device or "cpu",  # resolved there: auto -> cuda or cpu
         dense_threshold=args.dense_threshold,
         splice=args.splice,
         splice_samples=args.splice_samples,
@@ -166,7 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     keys += [k for k in ("ce_loss_recovered", "kl_div", "ce_clean", "ce_spliced", "ce_zero") if k in report]
     print(format_table([{k: report[k] for k in keys}], keys))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
+        write_json_atomically(Path(args.json_out), report)
         print(f"metrics: {args.json_out}")
     return 0
 

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from sdlkit.data.lrb import LRBConfig, lrb_preset
-from sdlkit.errors import ConfigError, describe_validation_error
+from sdlkit.errors import STRICT_CONFIG, ConfigError, describe_validation_error
 from sdlkit.model import ModelConfig
 from sdlkit.store.config import StoreDataConfig
 from sdlkit.store.format import read_manifest
@@ -30,7 +31,7 @@ class ResampleConfig(BaseModel):
     encoder row (that input's direction at 0.2 × the mean alive encoder norm), b_E = 0, and its
     optimiser state reset."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_CONFIG
 
     every_steps: int = Field(1000, gt=0)
     """Resample at steps every_steps, 2·every_steps, … (Anthropic: every 25,000 steps)."""
@@ -46,7 +47,7 @@ class AnchorConfig(BaseModel):
     """Feature anchoring (paper section 4): the first `count` latents are pulled toward known
     directions by λ_anchor · (‖W_E[:k] − Ã‖² + ‖W_D[:, :k] − B̃‖²), or held there (`mode: hard`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_CONFIG
 
     count: int = Field(gt=0)
     """k, the number of anchored latents (paper: 100 of 1000 features on the bench, 30 on CLIP)."""
@@ -65,14 +66,14 @@ class AnchorConfig(BaseModel):
 class TrainConfig(BaseModel):
     """Optimiser, schedules, logging and checkpoints."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_CONFIG
 
     steps: int = Field(1000, gt=0)
     """Optimiser steps."""
     batch_size: int = Field(4096, gt=0)
     lr: float = Field(4e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    """Adam's (β1, β2)."""
+    betas: tuple[float, float] = Field((0.9, 0.999), strict=False)
+    """Adam's (β1, β2); a YAML or JSON list is fine."""
     adam_eps: float = Field(1e-8, gt=0)
     lr_warmup_steps: int = Field(0, ge=0)
     """Linear learning-rate warm-up from 0."""
@@ -110,7 +111,7 @@ class TrainConfig(BaseModel):
 class RunConfig(BaseModel):
     """Everything one training run needs; saved whole in every checkpoint's config.json."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_CONFIG
 
     data: LRBConfig | StoreDataConfig
     """The data: the Linear Representation Bench ({preset: quick} plus any overrides), or harvested
@@ -204,6 +205,37 @@ def validate(model_cls: type[BaseModel], values: dict[str, Any], root: str = "")
 
 
 # ----- YAML and overrides ----------------------------------------------------------------------------
+class _YamlLoader(yaml.SafeLoader):
+    """`yaml.safe_load`, but a key given twice in one mapping is an error (PyYAML keeps the last one
+    silently), and `1e-3` is a float as in YAML 1.2 (PyYAML reads it as the string "1e-3")."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice (line {key_node.start_mark.line + 1})", None
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as Python values (see `_YamlLoader`)."""
+    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader: no arbitrary objects
+
+
 def apply_override(values: dict[str, Any], assignment: str) -> None:
     """Apply one `dotted.key=value` (value parsed as YAML: numbers, booleans, lists, null) in place."""
     if "=" not in assignment:
@@ -213,7 +245,7 @@ def apply_override(values: dict[str, Any], assignment: str) -> None:
     if not all(parts):
         raise ConfigError(f"--set {assignment!r} has an empty key part")
     try:
-        value = yaml.safe_load(raw)
+        value = parse_yaml(raw)
     except yaml.YAMLError:
         value = raw
     node = values
@@ -232,7 +264,9 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(values, dict):

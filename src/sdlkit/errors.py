@@ -11,6 +11,11 @@ import typing
 from typing import Any
 
 import torch
+from pydantic import ConfigDict
+
+STRICT_CONFIG = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+"""The pydantic settings of every config section: an unknown option is an error, and so is a value of
+another type (`k: true` is not k = 1, `steps: 1.5` is not 1) and an infinite or NaN float (`lr: .inf`)."""
 
 
 class SdlkitError(ValueError):

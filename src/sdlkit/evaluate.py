@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from sdlkit.config import resolve_device
 from sdlkit.data.source import Batch
 from sdlkit.errors import ConfigError, ShapeError
 from sdlkit.io import load, read_config, resolve_checkpoint
@@ -70,6 +71,10 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """FVU, MSE, L0, dead (never fired) and dense fractions of `checkpoint` on the rows of a store,
     plus, with `splice`, CE loss recovered and KL with the dictionary spliced into the language model."""
+    try:
+        device = resolve_device(device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     folder = resolve_checkpoint(checkpoint)
     run_data = read_config(folder).get("run", {}).get("data")
     model = load(folder, device)

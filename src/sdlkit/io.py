@@ -5,13 +5,19 @@ a run killed mid-write leaves only a `.tmp-*` folder that nothing loads. `config
 SHA-256 of the weights file, so a truncated or altered file is named as corrupt instead of loading
 wrong numbers. No pickle anywhere: nested state (optimiser, scheduler) is split into tensors for
 safetensors and a JSON skeleton that points at them.
+
+Every folder sdlkit creates for a command (a run, a bench, a theory check, an export) holds a marker
+file, `.sdlkit`, naming its kind: `--overwrite` deletes a folder only when sdlkit wrote it as that kind
+(`remove_owned_folder`), so a mistyped `--out` can never delete a store, a dataset or a home folder.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -19,14 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from sdlkit.errors import CheckpointError, SdlkitError
 
 FORMAT_VERSION = 1
+DICTIONARY_FORMAT = "sdlkit-dictionary"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
+MARKER_FILE = ".sdlkit"
+"""Written into every folder sdlkit creates for a command; holds {"kind": "run" | "bench" | ...}."""
 
 
 def sha256(path: Path) -> str:
@@ -64,20 +73,62 @@ def write_folder_atomically(target: Path, write: Callable[[Path], None]) -> Path
     return target
 
 
+def clean_interrupted_writes(parent: Path) -> None:
+    """Remove the `.tmp-*` folders that killed `write_folder_atomically` calls left in `parent` (nothing
+    loads them: a checkpoint exists only once renamed into place)."""
+    if Path(parent).is_dir():
+        for path in Path(parent).glob(".tmp-*"):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+
+
+def write_text(path: Path, text: str, mode: str = "w") -> None:
+    """Write (mode "w") or append ("a") `text` to `path`; a failed write (a full disk) raises an OSError
+    that names the file, which Python's own write errors do not."""
+    try:
+        with open(path, mode, encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+
+
 def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one rename: readers see the old file or the new, never half (and a
+    failed write, e.g. on a full disk, leaves the old file and no temporary)."""
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    try:
+        write_text(tmp, text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomically(path: Path, obj: Any) -> None:
-    """Replace `path` with `obj` as JSON in one rename: readers see the old file or the new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write_json(tmp, obj)
-    os.replace(tmp, path)
+    """Replace `path` with `obj` as JSON in one rename (see `write_text_atomically`)."""
+    write_text_atomically(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_file_checked(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, with a failed write (full disk, read-only folder) raised as the OSError it
+    is, naming the file (safetensors reports it as a SafetensorError holding "os error N")."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as err:
+        match = re.search(r"os error (\d+)", str(err))
+        code = int(match.group(1)) if match else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """safetensors needs contiguous tensors that share no memory."""
-    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(path))
+    save_file_checked({k: v.detach().contiguous().clone() for k, v in tensors.items()}, path)
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -89,16 +140,31 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
         raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({err})") from None
 
 
-def read_json_object(path: Path, error: type[SdlkitError] = CheckpointError, fix: str = "") -> dict[str, Any]:
-    """The JSON object in the file at `path`; unreadable JSON or another JSON type raises `error`
-    naming the file (and `fix`, e.g. "; re-harvest the store")."""
+def tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """Name -> shape of every tensor in a safetensors file, read from its header (CheckpointError if broken)."""
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, ValueError) as err:
+        raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({err})") from None
+
+
+def read_json(path: Path, error: type[SdlkitError] = CheckpointError, fix: str = "", kind: type = dict) -> Any:
+    """The JSON value (a `kind`: object or list) in the file at `path`; unreadable JSON or another JSON
+    type raises `error` naming the file (and `fix`, e.g. "; re-harvest the store")."""
     try:
         value = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise error(f"{path} is corrupt ({err}){fix}") from None
-    if not isinstance(value, dict):
-        raise error(f"{path} must hold a JSON object, got {type(value).__name__}{fix}")
+    if not isinstance(value, kind):
+        wanted = "a JSON object" if kind is dict else f"a JSON {kind.__name__}"
+        raise error(f"{path} must hold {wanted}, got {type(value).__name__}{fix}")
     return value
+
+
+def read_json_object(path: Path, error: type[SdlkitError] = CheckpointError, fix: str = "") -> dict[str, Any]:
+    """The JSON object in the file at `path` (see `read_json`)."""
+    return read_json(path, error, fix)
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -163,7 +229,7 @@ def write_dictionary(
     names and shapes, e.g. weights folded for raw activations) into an existing (temporary) folder."""
     save_tensors(folder / WEIGHTS_FILE, model.named_tensors() if tensors is None else tensors)
     config = {
-        "format": "sdlkit-dictionary",
+        "format": DICTIONARY_FORMAT,
         "format_version": FORMAT_VERSION,
         "model": model.config.model_dump(mode="json"),
         **(extra or {}),
@@ -220,3 +286,88 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], origi
             )
         with torch.no_grad():
             target.copy_(source)
+
+
+# ----- folders sdlkit owns --------------------------------------------------------------------------
+def mark_folder(folder: Path, kind: str) -> Path:
+    """Create `folder` (and its parents) as sdlkit's `kind` folder: its marker says so to `--overwrite`.
+    A folder that already holds files is not marked: sdlkit did not create it, so it is not its to delete
+    (one it wrote before the marker existed is still recognised by `folder_kind`)."""
+    folder = Path(folder)
+    fresh = not folder.exists() or not any(folder.iterdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        write_json_atomically(folder / MARKER_FILE, {"kind": kind, "written_by": "sdlkit"})
+    return folder
+
+
+def folder_kind(folder: Path) -> str | None:
+    """What sdlkit wrote at `folder` ("run", "bench", "theory", "export", "checkpoint", "store"), from its
+    marker, else from its own manifest (folders written before the marker existed); None if not sdlkit's."""
+    folder = Path(folder)
+    marker = folder / MARKER_FILE
+    if marker.is_file():
+        kind = _json_or_none(marker)
+        return kind.get("kind") if isinstance(kind, dict) and isinstance(kind.get("kind"), str) else None
+    if _json_field(folder / "manifest.json", "format") == "sdlkit-activation-store":  # sdlkit.store.format
+        return "store"
+    if (folder / "bench.json").is_file():
+        return "bench"
+    if _json_field(folder / CONFIG_FILE, "format") == DICTIONARY_FORMAT:
+        return "checkpoint"
+    checkpoints = folder / "checkpoints"
+    if checkpoints.is_dir() and any(
+        _json_field(step / CONFIG_FILE, "format") == DICTIONARY_FORMAT for step in checkpoints.glob("step-*")
+    ):
+        return "run"
+    results = _json_or_none(folder / "results.json")
+    if isinstance(results, list) and results and all(isinstance(r, dict) and "claim" in r for r in results):
+        return "theory"
+    return None
+
+
+def check_output_folder(folder: Path, kind: str, flag: str = "--out") -> None:
+    """Refuse an output path that is a file, or a non-empty folder that is not sdlkit's `kind` folder
+    (writing into a store or someone's project folder would mix them)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise SdlkitError(f"{flag} {folder} is a file, not a folder: choose a folder path")
+    if folder.is_dir() and any(folder.iterdir()):
+        found = folder_kind(folder)
+        if found != kind:
+            what = f"an sdlkit {found} folder" if found else "files sdlkit did not write"
+            raise SdlkitError(f"{flag} {folder} holds {what}, not a {kind} folder: choose another folder")
+
+
+def check_replaceable(folder: Path, kind: str, flag: str = "--out") -> None:
+    """For `--overwrite`: refuse unless `folder` is absent, empty, or sdlkit's own `kind` folder."""
+    folder = Path(folder)
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise SdlkitError(f"{flag} {folder} is not a folder: refusing to overwrite it; choose a folder path")
+    found = folder_kind(folder) if folder.exists() else kind
+    if found != kind and any(folder.iterdir()):
+        what = f"an sdlkit {found} folder, not a {kind} folder" if found else f"not sdlkit's (no {MARKER_FILE} in it)"
+        raise SdlkitError(f"refusing to overwrite {folder}: it is {what}; delete it yourself or choose another {flag}")
+
+
+def remove_owned_folder(folder: Path, kind: str, flag: str = "--out") -> None:
+    """For `--overwrite`: delete `folder` when sdlkit wrote it as a `kind` folder (or it is empty); refuse
+    anything else (`check_replaceable`). Nothing sdlkit did not write is ever deleted."""
+    check_replaceable(folder, kind, flag)
+    if Path(folder).exists():
+        try:
+            shutil.rmtree(folder)
+        except OSError as err:  # rmtree names the file relative to the folder it was in
+            raise OSError(err.errno, f"cannot delete it: {err.strerror or err}", str(folder)) from None
+
+
+def _json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _json_field(path: Path, key: str) -> Any:
+    value = _json_or_none(path)
+    return value.get(key) if isinstance(value, dict) else None

@@ -21,12 +21,12 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
 
 from sdlkit.activations import MethodConfig, method_config
-from sdlkit.errors import ConfigError, ShapeError
+from sdlkit.errors import STRICT_CONFIG, ConfigError, ShapeError
 from sdlkit.kernels import SparseCodes, SparsePattern, decode_entries, encode_entries
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -38,7 +38,7 @@ reused for every block): far below [B, n_latents], large enough for a full-speed
 class ModelConfig(BaseModel):
     """Shape and constraints of a dictionary. n_in/n_out/blocks are filled from the data when omitted."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_CONFIG
 
     n_latents: int = Field(gt=0)
     """n_q, the number of dictionary latents."""
@@ -167,6 +167,45 @@ class Forward:
         return self.codes.count_nonzero() if self.codes is not None else torch.count_nonzero(self.x_q.detach())
 
 
+def available_memory(device: str | torch.device) -> int | None:
+    """Bytes free on `device` now (the CPU: MemAvailable of /proc/meminfo), or None where unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":  # free on the card, plus what torch's caching allocator holds but does not use
+        return (
+            torch.cuda.mem_get_info(device)[0]
+            + torch.cuda.memory_reserved(device)
+            - torch.cuda.memory_allocated(device)
+        )
+    try:
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_fits(config: ModelConfig, device: str | torch.device, copies: int, what: str) -> None:
+    """ConfigError, before anything is allocated, when `copies` × the dictionary's parameters (in bytes
+    of its dtype) exceed the memory free on `device`: it names what is needed and what is there."""
+    n_params = config.n_latents * (config.n_in + config.n_out + 2) + config.n_out
+    need = copies * n_params * torch.finfo(config.torch_dtype).bits // 8
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(
+            f"model.n_latents = {config.n_latents} with n_in = {config.n_in}, n_out = {config.n_out} is "
+            f"{n_params:,} parameters: {what} need {_size(need)} but {torch.device(device)} has {_size(free)} "
+            "free; lower model.n_latents"
+        )
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n_bytes < 1000 or unit == "TB":
+            return f"{n_bytes:,.1f} {unit}"
+        n_bytes /= 1000
+    return f"{n_bytes} B"
+
+
 class SparseDictionary(nn.Module):
     """Encoder, σ, decoder. Build from a `ModelConfig` whose n_in is set."""
 
@@ -174,6 +213,8 @@ class SparseDictionary(nn.Module):
         super().__init__()
         if config.n_in is None:
             raise ConfigError("model.n_in is not set: give it, or build the model from a data source")
+        # The weights are drawn in float64 on the CPU: up to 4 float64 copies of them exist at once.
+        check_fits(config.model_copy(update={"dtype": "float64"}), "cpu", 4, "the initialisation's float64 weights")
         self.config = config
         n_in, n_out, n_latents = config.n_in, config.n_out, config.n_latents
         dtype = config.torch_dtype

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, Field
 from torch import nn
 
-from sdlkit.errors import ConfigError
+from sdlkit.errors import STRICT_CONFIG, ConfigError
 from sdlkit.kernels import Chunks, SparsePattern
 from sdlkit.objective import AuxK, Reconstruction, Term
 
@@ -41,18 +41,18 @@ class Activation(nn.Module):
 class AuxKConfig(BaseModel):
     """Gao et al. 2024's AuxK loss for dead latents (TopK family only)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_CONFIG
 
-    k_aux: int | None = None
+    k_aux: int | None = Field(None, ge=1)
     """Dead latents used to model the residual; default n_out // 2 (as sparsify; Gao et al. used 512)."""
-    coefficient: float = 1 / 32
+    coefficient: float = Field(1 / 32, ge=0)
     """α in L + α·L_aux (Gao et al.)."""
 
 
 class MethodConfig(BaseModel):
     """Base of every method's config. Subclasses set `name` to a Literal and register themselves."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_CONFIG
 
     name: str
     init_encoder_norm: ClassVar[float | None] = None
@@ -73,7 +73,7 @@ class MethodConfig(BaseModel):
         auxk: AuxKConfig | None = getattr(self, "auxk", None)
         if auxk is None:
             return []
-        return [AuxK(auxk.k_aux or max(1, n_out // 2), auxk.coefficient)]
+        return [AuxK(max(1, n_out // 2) if auxk.k_aux is None else auxk.k_aux, auxk.coefficient)]
 
 
 METHODS: dict[str, type[MethodConfig]] = {}

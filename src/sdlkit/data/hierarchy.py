@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
+
+from sdlkit.errors import STRICT_CONFIG
 
 __all__ = ["Hierarchy", "HierarchyConfig", "impose_hierarchy"]
 
@@ -36,7 +38,7 @@ __all__ = ["Hierarchy", "HierarchyConfig", "impose_hierarchy"]
 class HierarchyConfig(BaseModel):
     """`data.hierarchy`: trees of parent/child features placed at the start of [0, n) (Def 3.2)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_CONFIG
 
     n_parents: int = Field(description="Number of trees, i.e. of top-level (root) parent features (>= 1).")
     children_per_parent: int = Field(

@@ -32,7 +32,6 @@ from typing import Any, Literal
 import torch
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -54,7 +53,7 @@ from sdlkit.data.features import (
 )
 from sdlkit.data.hierarchy import Hierarchy, HierarchyConfig, impose_hierarchy
 from sdlkit.data.source import Batch
-from sdlkit.errors import ConfigError, describe_validation_error
+from sdlkit.errors import STRICT_CONFIG, ConfigError, describe_validation_error
 
 __all__ = ["PRESETS", "Hierarchy", "HierarchyConfig", "LRBConfig", "LRBSource", "lrb_preset"]
 
@@ -62,7 +61,7 @@ __all__ = ["PRESETS", "Hierarchy", "HierarchyConfig", "LRBConfig", "LRBSource", 
 class LRBConfig(BaseModel):
     """Settings of the Linear Representation Bench (the `data:` section of a run config)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_CONFIG
 
     kind: Literal["lrb"] = Field("lrb", description="Data kind tag: the Linear Representation Bench.")
     mode: Literal["sae", "transcoder", "crosscoder"] = Field(

@@ -39,7 +39,14 @@ def bench_data_config(checkpoint: Path, bench_config: str | None) -> LRBConfig:
         raise ConfigError(
             f"{checkpoint} does not record the bench data it was trained on: pass --bench-config FILE.yaml"
         )
-    return validate(LRBConfig, run["data"], "data")
+    data = run["data"]
+    if isinstance(data, dict) and (data.get("kind") == "store" or "store" in data):
+        raise ConfigError(
+            f"{checkpoint} was trained on the activation store {data.get('store')}, which has no ground truth: "
+            "diagnose needs bench (LRB) data; pass --bench-config FILE.yaml with the bench data to present "
+            "(e.g. data: {preset: quick}), or measure it on its store with sdlkit eval"
+        )
+    return validate(LRBConfig, data, "data")
 
 
 @torch.no_grad()

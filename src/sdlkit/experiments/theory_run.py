@@ -7,14 +7,13 @@ Writes `DIR/results.json` (a list of {check, claim, holds, figures}, the schema 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sdlkit.errors import ConfigError
-from sdlkit.io import write_json_atomically
+from sdlkit.io import mark_folder, remove_owned_folder, write_json_atomically
 
 CHECK_ORDER = ["example-3.5", "thm-3.6", "thm-3.4", "thm-3.1", "thm-3.3", "thm-3.8", "absorption", "resampling"]
 
@@ -51,11 +50,13 @@ def run_theory(
     if unknown:
         raise ConfigError(f"unknown check {unknown[0]!r}; known checks: {', '.join(CHECK_ORDER)}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder: choose a folder path")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ConfigError(f"output folder {out} is not empty: pass --overwrite to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+        remove_owned_folder(out, "theory")
+    mark_folder(out, "theory")
     checks = _checks(quick, device, seed, out)
     results = []
     started = time.perf_counter()

@@ -13,6 +13,7 @@ fill its shuffle windows with a few classes at a time. Sample ids stay the origi
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from collections.abc import Sequence
@@ -56,6 +57,24 @@ class Dataset:
 
     def __len__(self) -> int:
         return self.size
+
+    def fingerprint(self) -> str | None:
+        """A hash of what the dataset holds, so that a resumed harvest can refuse data that changed: the
+        texts and labels themselves; for an image folder its file names, sizes and labels (hashing every
+        image would read the whole folder); for a hub dataset its own fingerprint (None if it has none)."""
+        if self._hub is not None:
+            found = getattr(self._hub, "_fingerprint", None)
+            return f"hub:{found}" if found else None
+        digest = hashlib.sha256()
+        if self._texts is not None:
+            for text in self._texts:
+                digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+        for file in self._files or []:
+            digest.update(f"{file.relative_to(self.path)}\0{file.stat().st_size}\0".encode())
+        if self.labels is not None:
+            digest.update(self.labels.numpy().tobytes())
+            digest.update("\0".join(self.label_names or []).encode())
+        return f"sha256:{digest.hexdigest()}"
 
     def shuffled(self, seed: int) -> Dataset:
         """The same samples visited in a seeded random order: position i is original sample order[i]

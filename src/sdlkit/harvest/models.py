@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -67,6 +68,7 @@ def load_model(
     except ImportError:
         raise ConfigError("harvesting needs Hugging Face transformers: pip install 'sdlkit[models]'") from None
 
+    _check_local_path(name_or_path)
     config = _hf_call(transformers.AutoConfig.from_pretrained, name_or_path, trust_remote_code=trust_remote_code)
     model_class = _model_class(config, transformers)
     model = _hf_call(model_class.from_pretrained, name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -85,6 +87,16 @@ def load_model(
     tokenizer = _hf_call(transformers.AutoTokenizer.from_pretrained, name_or_path, trust_remote_code=trust_remote_code)
     prepare_tokenizer(tokenizer, name_or_path)
     return LoadedModel(name_or_path, model, kind, tokenizer=tokenizer)
+
+
+def _check_local_path(name: str) -> None:
+    """A name that can only be a local path (./x, /x, ~/x, a/b/c, or a/b where the folder a exists) must
+    exist: it is never sent to the hub (which would retry for long and then talk about the hub)."""
+    path = Path(name).expanduser()
+    local = name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+    local = local or ("/" in name and path.parent.is_dir())
+    if local and not path.exists():
+        raise ConfigError(f"model folder {name} does not exist (a hub model is named ORG/NAME or NAME)")
 
 
 def prepare_tokenizer(tokenizer: Any, name: str = "the model") -> None:

@@ -13,6 +13,7 @@ where at least that many rows are stored, so a store may hold up to one batch of
 
 from __future__ import annotations
 
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -91,8 +92,9 @@ def harvest(
     names = [model] if isinstance(model, str) else list(model)
     if not names:
         raise ConfigError("no model given: pass --model NAME_OR_PATH")
-    _precheck_store(out, resume, overwrite)
+    resuming = _precheck_store(out, resume, overwrite)
     dataset = open_dataset(data, text_column=text_column, label_column=label_column, split=split)
+    fingerprint = _check_fingerprint(resuming, dataset, out)
     if shuffle_seed is not None:  # rows of an image folder would otherwise come sorted by class
         dataset = dataset.shuffled(shuffle_seed)
     torch_dtype = parse_dtype(model_dtype, "--model-dtype")
@@ -122,6 +124,8 @@ def harvest(
         "trust_remote_code": trust_remote_code,
         "sdlkit_version": _version(),
     }
+    if fingerprint is not None:
+        source["data_fingerprint"] = fingerprint
     if resume:
         writer = StoreWriter.resume(out, modules=dims, source=source, shard_rows=shard_rows)
     else:
@@ -349,16 +353,38 @@ def _check_models(loaded: list[LoadedModel], dataset: Dataset, context_size: int
                 )
 
 
-def _precheck_store(out: str, resume: bool, overwrite: bool) -> None:
-    """Refuse a store folder that cannot be used before any model is loaded (the writer checks it all again)."""
+def _precheck_store(out: str, resume: bool, overwrite: bool) -> StoreManifest | None:
+    """Refuse a store folder that cannot be used before any model is loaded (the writer checks it all again);
+    the manifest of the store to resume, if resuming."""
     folder = Path(out)
     if resume:
-        resumable_manifest(folder)
-    elif not overwrite and folder.is_dir() and any(folder.iterdir()):
+        return resumable_manifest(folder)
+    if not overwrite and folder.is_dir() and any(folder.iterdir()):
         raise StoreError(
             f"{folder} already exists and is not empty; resume it (--resume), replace it (--overwrite) "
             "or choose another folder"
         )
+    return None
+
+
+def _check_fingerprint(resuming: StoreManifest | None, dataset: Dataset, out: str) -> str | None:
+    """The data's fingerprint (Dataset.fingerprint); when resuming, refuse data that are not those the
+    store was begun with, so a store never mixes two datasets."""
+    fingerprint = dataset.fingerprint()
+    if resuming is None:
+        return fingerprint
+    recorded = resuming.source.get("data_fingerprint")
+    if recorded is None and "data_fingerprint" not in resuming.source:  # a store begun before fingerprints
+        print(
+            f"sdlkit: warning: {out} records no fingerprint of its data; cannot check it is unchanged", file=sys.stderr
+        )
+        return None
+    if recorded != fingerprint:
+        raise StoreError(
+            f"cannot resume {out}: the data {dataset.path} are not those the harvest began with (their content "
+            "fingerprint differs); resume with the original data, or harvest into a new folder"
+        )
+    return fingerprint
 
 
 def _check_counts(**counts: int | None) -> None:

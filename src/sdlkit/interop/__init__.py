@@ -25,8 +25,10 @@ import torch
 from sdlkit.activations import MethodConfig, method_config
 from sdlkit.errors import CheckpointError, ConfigError
 from sdlkit.io import (
+    check_replaceable,
     load,
     load_weights,
+    mark_folder,
     read_config,
     read_json_object,
     resolve_checkpoint,
@@ -63,14 +65,17 @@ def _format_module(fmt: str):
     return importlib.import_module(f"sdlkit.interop.{fmt}")
 
 
-def _check_output(out: Path, overwrite: bool, protected: Path | None = None) -> None:
-    """Refuse to replace a non-empty folder unless asked, and never replace the folder being read."""
+def _check_output(out: Path, overwrite: bool, kind: str, protected: Path | None = None) -> None:
+    """Refuse to replace a non-empty folder unless asked, or one sdlkit did not write as a `kind` folder,
+    and never replace the folder being read."""
     if protected is not None and out.resolve() in (protected.resolve(), *protected.resolve().parents):
         raise ConfigError(f"output folder {out} would replace the input {protected}: choose another output folder")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output {out} is a file: choose a folder path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"output folder {out} is not empty: pass --overwrite to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"output folder {out} is not empty: pass --overwrite to replace it")
+        check_replaceable(out, kind)
 
 
 def export_checkpoint(
@@ -91,10 +96,11 @@ def export_checkpoint(
     model = load(folder)
     model.eval()
     out = Path(out_dir)
-    _check_output(out, overwrite, protected=folder)
+    _check_output(out, overwrite, "export", protected=folder)
     cfg, tensors = module.to_files(model, config, hook_name=hook_name, model_name=model_name)
 
     def write(tmp: Path) -> None:
+        mark_folder(tmp, "export")
         save_tensors(tmp / module.WEIGHTS_FILE, tensors)
         write_json(tmp / module.CONFIG_FILE, cfg)
 
@@ -109,7 +115,7 @@ def import_checkpoint(
     module = _format_module(fmt)
     in_dir = Path(in_dir)
     out = Path(out_checkpoint)
-    _check_output(out, overwrite, protected=in_dir)
+    _check_output(out, overwrite, "checkpoint", protected=in_dir)
     imported = module.from_files(in_dir)
     extra = {
         "imported": {

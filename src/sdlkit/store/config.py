@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
-from sdlkit.errors import ConfigError, describe_validation_error
+from sdlkit.errors import STRICT_CONFIG, ConfigError, describe_validation_error
 
 
 class StoreDataConfig(BaseModel):
     """Which store, which modules feed x_p and x_r, and how rows are normalised, shuffled and held out."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_CONFIG
 
     kind: Literal["store"] = Field("store", description="Data kind tag: an activation store on disk.")
     store: str = Field(description="Path of the store folder (written by the harvester).")

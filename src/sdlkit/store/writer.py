@@ -22,10 +22,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from sdlkit.errors import StoreError
-from sdlkit.io import sha256
+from sdlkit.io import save_file_checked, sha256
 from sdlkit.store.format import (
     LABEL_KEY,
     MANIFEST_FILE,
@@ -58,9 +57,13 @@ def _fsync_path(path: Path) -> None:
 def _save_atomically(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file under a temporary name, fsync it, rename it into place, fsync the folder."""
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    _fsync_path(tmp)
-    os.replace(tmp, path)
+    try:
+        save_file_checked(tensors, tmp, metadata)
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_path(path.parent)
 
 

@@ -4,6 +4,10 @@
 `sdlkit.load`), and `trainer_state.json` + `trainer_state.safetensors`: optimiser and scheduler state,
 torch RNG states, the data-stream position, dead-latent counters and log accumulators. A run resumed
 from it on CPU ends with the same weights, bit for bit, as one that never stopped.
+
+config.json records the SHA-256 of both state files beside the weights' and the step: a state file
+copied from another checkpoint, altered or truncated is refused instead of resuming on the wrong
+weights.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from sdlkit.io import (
     load_weights,
     read_config,
     save_tensors,
+    sha256,
     unflatten_state,
     write_dictionary,
     write_folder_atomically,
@@ -29,6 +34,8 @@ from sdlkit.io import (
 
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "trainer_state.safetensors"
+STATE_HASHES = "trainer_state_sha256"
+"""config.json key: {file name: SHA-256} of the two state files."""
 
 # Run-config fields that may change between a checkpoint and its resumption.
 RESUMABLE_CHANGES = {
@@ -71,7 +78,9 @@ def save_training_checkpoint(
     def write(tmp: Path) -> None:
         save_tensors(tmp / STATE_TENSORS, tensors)
         write_json(tmp / STATE_JSON, skeleton)
-        write_dictionary(tmp, model, {"step": step, "run": run_config, **(extra or {})}, tensors=weights)
+        hashes = {name: sha256(tmp / name) for name in (STATE_JSON, STATE_TENSORS)}
+        record = {"step": step, "run": run_config, **(extra or {}), STATE_HASHES: hashes}
+        write_dictionary(tmp, model, record, tensors=weights)
 
     path = write_folder_atomically(checkpoint_dir(run_dir, step), write)
     for old in list_checkpoints(run_dir)[:-keep]:
@@ -82,18 +91,31 @@ def save_training_checkpoint(
 
 
 def load_training_checkpoint(folder: Path, model: torch.nn.Module, device: torch.device) -> tuple[dict, dict]:
-    """Load weights into `model`; return (the checkpoint's config.json, the trainer state)."""
+    """Load weights into `model`; return (the checkpoint's config.json, the trainer state), after checking
+    that the state files are the ones written with these weights (their hashes and step)."""
     config = read_config(folder)
     load_weights(model, load_tensors(folder / "weights.safetensors", device), folder)
     state_json = folder / STATE_JSON
     if not state_json.is_file():
         raise CheckpointError(f"{folder} holds a dictionary but no trainer state ({STATE_JSON}): it cannot resume")
-    try:
-        skeleton = json.loads(state_json.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{state_json} is corrupt: {err}") from None
+    for name, expected in (config.get(STATE_HASHES) or {}).items():  # absent in checkpoints written before
+        if not (folder / name).is_file() or sha256(folder / name) != expected:
+            raise CheckpointError(
+                f"{folder / name} is not the trainer state written with these weights (its SHA-256 does not "
+                "match config.json): resume from an intact checkpoint or start the run again"
+            )
     tensors = load_tensors(folder / STATE_TENSORS, "cpu")
-    return config, unflatten_state(skeleton, tensors)
+    try:
+        state = unflatten_state(json.loads(state_json.read_text()), tensors)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{state_json} does not hold a trainer state ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or state.get("step") != config.get("step"):
+        found = state.get("step") if isinstance(state, dict) else None
+        raise CheckpointError(
+            f"{state_json} is the trainer state of step {found}, but the weights are of step {config.get('step')}: "
+            "resume from an intact checkpoint or start the run again"
+        )
+    return config, state
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

@@ -300,7 +300,8 @@ class EnsembleTrainer:
                         f"{member.run_dir} already holds checkpoints: an ensemble does not resume; resume that run "
                         "on its own (Trainer / --resume) or choose a new folder"
                     )
-                member.run_dir.mkdir(parents=True, exist_ok=True)
+                member.open_run_dir()
+                member._truncate_log()  # the log of an attempt that never reached a checkpoint starts over
         cfg = self.cfg
         histories: list[list[dict[str, Any]]] = [[] for _ in self.members]
         bar = tqdm(

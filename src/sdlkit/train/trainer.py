@@ -21,13 +21,14 @@ from sdlkit.config import RESAMPLE_SEED_OFFSET, RunConfig, TrainConfig
 from sdlkit.data.directions import known_directions
 from sdlkit.data.source import Batch, DataSource
 from sdlkit.errors import CheckpointError, ConfigError, ShapeError, TrainingDiverged
-from sdlkit.io import load_weights
+from sdlkit.io import clean_interrupted_writes, load_weights, mark_folder, write_text, write_text_atomically
 from sdlkit.metrics import reconstruction_metrics
-from sdlkit.model import SparseDictionary
+from sdlkit.model import SparseDictionary, check_fits
 from sdlkit.objective import Objective, Term, TermContext
 from sdlkit.store.normalize import fold_scales
 from sdlkit.train.checkpoint import (
     RESUMABLE_CHANGES,
+    STATE_JSON,
     config_differences,
     list_checkpoints,
     load_training_checkpoint,
@@ -100,6 +101,7 @@ class Trainer:
                 f"the data gives n_in={source.n_in}, n_out={source.n_out} but model has "
                 f"n_in={config.model.n_in}, n_out={config.model.n_out}"
             )
+        check_fits(config.model, self.device, 4, "training (weights, gradients and Adam's two moments)")
         generator = torch.Generator().manual_seed(config.seed)
         self.model = SparseDictionary(config.model, generator).to(self.device)
         method = config.model.method
@@ -190,6 +192,13 @@ class Trainer:
         if "train_weights" in state:  # the checkpoint's weights.safetensors holds the folded ones
             load_weights(self.model, state["train_weights"], Path("trainer state"))
 
+    def open_run_dir(self) -> None:
+        """Create the run folder as sdlkit's (see sdlkit.io.mark_folder) and remove what a run killed in
+        the middle of writing a checkpoint left (rank 0 only: it is the one that writes)."""
+        if self.run_dir is not None and self.is_main:
+            mark_folder(self.run_dir, "run")
+            clean_interrupted_writes(self.run_dir / "checkpoints")
+
     def resume(self) -> Path:
         """Restore the latest checkpoint of `run_dir`; refuse one written under a different config."""
         if self.run_dir is None:
@@ -207,9 +216,16 @@ class Trainer:
                 f"{folder} was written with a different config ({', '.join(changed[:5])} differ); "
                 "resume with the same config or start a new run folder"
             )
-        self._load_state(state)
+        try:
+            self._load_state(state)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{folder / STATE_JSON} does not hold a usable trainer state ({type(err).__name__}: {err}); "
+                "resume from an intact checkpoint or start the run again"
+            ) from None
         self.last_checkpoint = folder
-        self._truncate_log()
+        if self.is_main:  # the one rank that writes the log
+            self._truncate_log()
         return folder
 
     def _config_json(self) -> dict[str, Any]:
@@ -247,11 +263,22 @@ class Trainer:
 
     # ----- logging ------------------------------------------------------------------------------------
     def _truncate_log(self) -> None:
-        """Drop log lines written after the checkpoint we resume from (they will be written again)."""
+        """Drop log lines written after the checkpoint we resume from (they will be written again), and a
+        torn tail (a full disk or a kill mid-line leaves one): everything from the first unreadable line."""
         path = self.run_dir / METRICS_FILE
-        if path.is_file():
-            lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
-            path.write_text("".join(line + "\n" for line in lines))
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                break
+            if record["step"] <= self.step:
+                kept.append(line + "\n")
+        write_text_atomically(path, "".join(kept))
 
     def _accumulate(self, parts: dict[str, torch.Tensor], loss: torch.Tensor, l0: torch.Tensor) -> None:
         values = {**parts, "loss": loss.detach(), "l0": l0}
@@ -273,8 +300,7 @@ class Trainer:
         )
         self._reset_accumulators()
         if self.run_dir is not None and self.is_main:
-            with open(self.run_dir / METRICS_FILE, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            write_text(self.run_dir / METRICS_FILE, json.dumps(record) + "\n", mode="a")
         return record
 
     # ----- the loop -----------------------------------------------------------------------------------
@@ -338,14 +364,15 @@ class Trainer:
     def fit(self, resume: bool = False) -> TrainResult:
         """Train to `train.steps` (continuing from the latest checkpoint when `resume`)."""
         if self.run_dir is not None:
+            self.open_run_dir()
             if resume:
                 self.resume()
             elif list_checkpoints(self.run_dir):
                 raise ConfigError(
                     f"{self.run_dir} already holds checkpoints: resume it (--resume) or choose a new folder"
                 )
-            if self.is_main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
+            elif self.is_main:
+                self._truncate_log()  # the log of an attempt that never reached a checkpoint starts over
         cfg = self.cfg
         self.model.train()
         history: list[dict[str, Any]] = []

@@ -17,6 +17,7 @@ import yaml
 from sdlkit.experiments import paper_tables
 from sdlkit.experiments.bench.presets import PRESETS
 from sdlkit.experiments.bench.recipes import NAMES
+from sdlkit.io import write_text_atomically
 from sdlkit.report import format_table, plot_grouped_bars, plot_lines, plot_recovery_curves, plot_xy
 
 PAPER = {
@@ -450,5 +451,5 @@ def write_report(
     lines += ["## Plots", "", *[p + "\n" for p in plots]]
     lines += ["## Reproduce", "", "```", _command(spec), "```", ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    write_text_atomically(path, "\n".join(lines))
     return path

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,14 @@ from sdlkit.experiments.bench.reference import reference_records
 from sdlkit.experiments.bench.report import write_report
 from sdlkit.experiments.bench.scoring import score
 from sdlkit.experiments.bench.spec import BenchSpec, RunPlan, plan_runs
-from sdlkit.io import save_tensors, write_json_atomically
+from sdlkit.io import (
+    check_output_folder,
+    mark_folder,
+    read_json,
+    remove_owned_folder,
+    save_tensors,
+    write_json_atomically,
+)
 from sdlkit.report import format_table
 from sdlkit.train import Trainer, TrainResult
 from sdlkit.train.checkpoint import list_checkpoints
@@ -35,20 +41,18 @@ RESULTS, REFERENCES, META = "results.json", "references.json", "bench.json"
 
 
 def prepare_folder(out: Path, spec: BenchSpec, resume: bool, overwrite: bool) -> list[dict[str, Any]]:
-    """Make `out` ready; return the records already finished there (resume) or none."""
+    """Make `out` ready; return the records already finished there (resume) or none. `overwrite` deletes
+    only a bench folder (sdlkit.io.remove_owned_folder); a bench that never finished a run nor wrote a
+    checkpoint does not lock its folder (a corrected command takes it over)."""
     if overwrite and resume:
         raise ConfigError("--overwrite and --resume contradict each other: choose one")
     meta_path, results_path = out / META, out / RESULTS
-    if overwrite and out.exists():
-        if any(out.iterdir()) and not meta_path.is_file():
-            raise ConfigError(
-                f"--overwrite refused: {out} was not written by sdlkit bench (no {META}); remove it yourself"
-            )
-        shutil.rmtree(out)
-    if out.exists() and any(out.iterdir()):
-        if not meta_path.is_file():
-            raise ConfigError(f"output folder {out} holds something else: choose another --out or pass --overwrite")
-        saved = json.loads(meta_path.read_text())
+    if overwrite:
+        remove_owned_folder(out, "bench")
+    check_output_folder(out, "bench")
+    records = read_json(results_path, ConfigError, kind=list) if results_path.is_file() else []
+    if records or any(list_checkpoints(run) for run in out.glob("*") if run.is_dir()):
+        saved = read_json(meta_path, ConfigError) if meta_path.is_file() else {}
         if saved != spec.comparable():
             changed = sorted(k for k in set(saved) | set(spec.comparable()) if saved.get(k) != spec.comparable().get(k))
             raise ConfigError(
@@ -59,8 +63,8 @@ def prepare_folder(out: Path, spec: BenchSpec, resume: bool, overwrite: bool) ->
             raise ConfigError(
                 f"output folder {out} already holds this bench: pass --resume to finish it or --overwrite"
             )
-        return json.loads(results_path.read_text()) if results_path.is_file() else []
-    out.mkdir(parents=True, exist_ok=True)
+        return records
+    mark_folder(out, "bench")
     write_json_atomically(meta_path, spec.comparable())
     return []
 
@@ -265,7 +269,7 @@ def run_bench(
             write_json_atomically(out / RESULTS, records)
     references: list[dict[str, Any]] = []
     if spec.references:
-        saved = json.loads((out / REFERENCES).read_text()) if (out / REFERENCES).is_file() else []
+        saved = read_json(out / REFERENCES, ConfigError, kind=list) if (out / REFERENCES).is_file() else []
         references = _references(spec, plans, out, saved)
     wall = time.perf_counter() - started
     write_report(out, spec, records, references, wall)
