@@ -31,9 +31,29 @@ def test_forward_is_eq_1_and_2():
 
 
 def test_encoder_initialised_as_decoder_transpose_with_unit_columns():
-    model = make()
+    model = make(method="relu")
     assert torch.equal(model.W_E, model.W_D.T)
     torch.testing.assert_close(model.W_D.norm(dim=0), torch.ones(40))
+
+
+def test_topk_family_encoder_rows_start_at_norm_0_1_along_the_decoder():
+    # W_E = 0.1 · W_Dᵀ for a unit-norm decoder: same directions, rows a tenth as long
+    model = make(method={"name": "topk", "k": 3})
+    torch.testing.assert_close(model.W_E.norm(dim=1), torch.full((40,), 0.1))
+    torch.testing.assert_close(model.W_E, 0.1 * model.W_D.T)
+
+
+@pytest.mark.parametrize("method", ["relu", {"name": "topk", "k": 3}])
+def test_init_encoder_norm_overrides_the_method_choice(method):
+    model = make(method=method, init_encoder_norm=0.5)
+    torch.testing.assert_close(model.W_E, 0.5 * model.W_D.T)
+    transcoder = make(n_in=12, n_out=5, n_latents=40, method=method, init_encoder_norm=0.5)
+    torch.testing.assert_close(transcoder.W_E.norm(dim=1), torch.full((40,), 0.5))
+
+
+def test_init_encoder_norm_is_refused_when_not_positive():
+    with pytest.raises(ValueError, match="init_encoder_norm"):
+        ModelConfig(n_in=12, n_latents=40, init_encoder_norm=0)
 
 
 def test_free_decoder_init_norm():
@@ -42,8 +62,10 @@ def test_free_decoder_init_norm():
 
 
 def test_transcoder_encoder_rows_match_decoder_norms():
-    model = make(n_in=12, n_out=5, n_latents=40)
+    model = make(n_in=12, n_out=5, n_latents=40, method="relu")
     torch.testing.assert_close(model.W_E.norm(dim=1), model.W_D.norm(dim=0))
+    topk = make(n_in=12, n_out=5, n_latents=40, method={"name": "topk", "k": 3})
+    torch.testing.assert_close(topk.W_E.norm(dim=1), torch.full((40,), 0.1))
 
 
 def test_biases_can_be_switched_off():

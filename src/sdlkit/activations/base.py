@@ -55,6 +55,9 @@ class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
+    init_encoder_norm: ClassVar[float | None] = None
+    """Row norm of W_E at initialisation unless `model.init_encoder_norm` says otherwise; None = the
+    decoder's column norms (W_E = W_Dᵀ)."""
     topk_family: ClassVar[bool] = False
     """True for σ that select a fixed number of latents (TopK, BatchTopK, Matryoshka): AuxK applies,
     and σ implements `Activation.select`, so the sparse kernel (sdlkit.kernels) can train it."""

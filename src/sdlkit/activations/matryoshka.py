@@ -23,6 +23,7 @@ class MatryoshkaConfig(MethodConfig):
 
     name: Literal["matryoshka"] = "matryoshka"
     topk_family = True
+    init_encoder_norm = 0.1  # see ModelConfig.init_encoder_norm
     k: int = Field(32, ge=1)
     """Active latents per sample (mean, for BatchTopK)."""
     selection: Literal["topk", "batchtopk"] = "batchtopk"

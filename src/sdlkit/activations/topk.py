@@ -76,6 +76,7 @@ class TopKConfig(MethodConfig):
 
     name: Literal["topk"] = "topk"
     topk_family = True
+    init_encoder_norm = 0.1  # see ModelConfig.init_encoder_norm
     k: int = Field(32, ge=1)
     """Active latents per sample; set it to the true L0 of the data when known."""
     auxk: AuxKConfig | None = None
@@ -92,6 +93,7 @@ class BatchTopKConfig(MethodConfig):
 
     name: Literal["batchtopk"] = "batchtopk"
     topk_family = True
+    init_encoder_norm = 0.1  # see ModelConfig.init_encoder_norm
     k: int = Field(32, ge=1)
     """Mean active latents per sample."""
     threshold_momentum: float = Field(0.99, ge=0, lt=1)
