@@ -36,8 +36,11 @@ def torchrun(config: Path, out: Path, *extra: str) -> subprocess.CompletedProces
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    # Equal up to rounding: the all-reduce sums the ranks' gradients in another order than one process,
+    # and 20 Adam steps from TopK's small initial encoder rows (0.1) grow that to a few 1e-6 (measured
+    # up to 3.9e-6 in W_D); a wrong average or a skipped step would differ by about lr = 3e-3.
     for name, tensor in a.named_tensors().items():
-        torch.testing.assert_close(tensor, b.named_tensors()[name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(tensor, b.named_tensors()[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_rank_slices_of_a_position_stream_are_the_global_batch():

@@ -30,12 +30,15 @@ def configs(method, coefficients=None, steps=25, anchors=False, **train):
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    # Equal up to float32 rounding: batched matmuls sum in another order, and 25 Adam steps from TopK's
+    # small initial encoder rows grow that to ~2e-4 of a bias's largest entry (1e-7 from unit rows); a
+    # step with a wrong gradient moves entries by about lr = 3e-3, several percent of them.
     tensors_a, tensors_b = a.named_tensors(), b.named_tensors()
     assert list(tensors_a) == list(tensors_b)
     for name in tensors_a:
         x, y = tensors_a[name].double(), tensors_b[name].double()
         scale = x.abs().max().clamp_min(1e-6)
-        assert ((x - y).abs().max() / scale).item() < 1e-5, name
+        assert ((x - y).abs().max() / scale).item() < 1e-3, name
 
 
 @pytest.mark.parametrize(

