@@ -25,7 +25,8 @@ demo: $(STAMP)
 	$(PY) examples/digits_clip/run.py --out digits-out
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) bench-out digits-out build src/*.egg-info
