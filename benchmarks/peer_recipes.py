@@ -399,7 +399,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     panels = [
         ("enc_mgt", "encoder rows", f"M_GT (τ = {TAU})"),
         ("dec_mgt", "decoder columns", f"M_GT (τ = {TAU})"),
-        ("alive", "latents alive", "fired in the last dead-window steps"),
+        ("enc_turned_deg", "encoder rows: mean angle from their initial direction", "degrees"),
     ]
     fig, axes = plt.subplots(len(panels), len(frames), figsize=(6 * len(frames), 4 * len(panels)), squeeze=False)
     variants = list(dict.fromkeys(r["variant"] for r in records))
@@ -421,9 +421,9 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
             ax.set_title(f"{frame} frame: {title}")
             ax.set_xlabel("samples seen (millions)")
             ax.set_ylabel(ylabel)
-            ax.set_ylim(0, 1.01)
+            ax.set_ylim(0, 90 if key == "enc_turned_deg" else 1.01)
             ax.grid(alpha=0.3)
-            ax.legend(loc="lower right", fontsize=7)
+            ax.legend(loc="upper left" if key == "enc_turned_deg" else "lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -449,7 +449,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default=None, help="with --ablation: variant names separated by |")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     parser.add_argument("--out", default="benchmarks/peer-out")
+    parser.add_argument("--replot", action="store_true", help="only redraw OUT/recovery.png from OUT/results.json")
     args = parser.parse_args(argv)
+    if args.replot:
+        plot(json.loads((Path(args.out) / "results.json").read_text())["records"], Path(args.out) / "recovery.png")
+        return
     torch.set_num_threads(args.threads)
     if args.k is None:
         config = lrb_preset("quick")
