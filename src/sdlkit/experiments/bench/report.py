@@ -224,8 +224,8 @@ def _table_row(name: str, runs: list[dict[str, Any]], pair: tuple[float, float] 
         "matched M_GT dec": _cell(runs, "matched_gt_recovery_decoder", percent=True),
         "FVU": _cell(runs, "fvu"),
         "L0": "–" if _mean(runs, "l0") is None else f"{_mean(runs, 'l0'):.2f}",
-        "never fired": _cell(runs, "never_fired_fraction", percent=True),
-        "dead (window)": _cell(runs, "dead_fraction", percent=True),
+        "dead": _cell(runs, "dead_fraction", percent=True),
+        "unused": _cell(runs, "never_fired_fraction", percent=True),
     }
 
 
@@ -402,9 +402,11 @@ def _header(spec: Any, records: list[dict[str, Any]], references: list[dict[str,
             if records
             else ""
         )
-        + ". *Never fired*: latents silent on all 4,096 held-out rows, the share we report as dead; with about "
-        "twice as many latents as features, such latents are spare capacity unless features go unrecovered. "
-        "*Dead (window)*: the trainer's count over its last training window, the one resampling acts on. "
+        + ". *Dead*: latents silent through the trainer's last window of 100 batches, the failure a recipe "
+        "should avoid and the one resampling acts on. "
+        "*Unused*: latents silent on all 4,096 held-out rows; with about twice as many latents as features, "
+        "this is spare capacity, not a fault, unless features go unrecovered (benchmarks/README.md, "
+        '"Which dead-latent figure to report"). '
         "Reference rows are computed on the same data and scored the same way.",
         "",
         "**Where the paper is silent or differs from us** (said once here, not per row):",
