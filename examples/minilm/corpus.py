@@ -63,9 +63,7 @@ def library_docstrings(min_words: int, root: Path | None = None) -> dict[str, li
     return dict(found)
 
 
-def balance(
-    classes: dict[str, list[str]], min_per_class: int, max_per_class: int, seed: int
-) -> dict[str, list[str]]:
+def balance(classes: dict[str, list[str]], min_per_class: int, max_per_class: int, seed: int) -> dict[str, list[str]]:
     """Classes with at least `min_per_class` distinct paragraphs, each capped at `max_per_class` (seeded)."""
     rng = random.Random(seed)
     kept = {}

@@ -103,7 +103,11 @@ def harvest(
     an existing store; trust_remote_code: run the model repository's own code; shard_rows: rows per shard.
     """
     _check_counts(
-        context_size=context_size, batch_size=batch_size, sort_window=sort_window, max_rows=max_rows, max_samples=max_samples
+        context_size=context_size,
+        batch_size=batch_size,
+        sort_window=sort_window,
+        max_rows=max_rows,
+        max_samples=max_samples,
     )
     names = [model] if isinstance(model, str) else list(model)
     if not names:
@@ -179,7 +183,7 @@ class _Job:
             return
         acts = {key: torch.cat([part[0][key] for part in parts]) for key in parts[0][0]}
         sample, token, position = (torch.cat([part[i] for part in parts]) for i in (1, 2, 3))
-        if len(parts) > 1:
+        if bool((sample[1:] < sample[:-1]).any()):  # passes (and samples within one) ran sorted by length
             order = sample_order(sample)
             acts = {key: x[order.to(x.device)] for key, x in acts.items()}
             sample, token, position = sample[order], token[order], position[order]

@@ -3,7 +3,8 @@
 A store is a folder holding `manifest.json` (a `StoreManifest`), shards `shard-NNNNNN.safetensors`
 (one [rows, dim] tensor per module, plus `sample` int64 [rows] and, when labelled, `label` int64 [rows];
 from version 2 also `token` and `position` int64 [rows]: the row's token id and its position within its
-sample, -1 for rows that stand for a whole sample) and `stats.safetensors` (per module `<name>.sum` float64 [dim] and `<name>.sum_sq_norm` float64 []).
+sample, -1 for rows that stand for a whole sample) and `stats.safetensors` (per module `<name>.sum`
+float64 [dim] and `<name>.sum_sq_norm` float64 []).
 The manifest is the single source of truth: a shard file it does not list does not exist.
 """
 
