@@ -169,7 +169,7 @@ def tiny_bert(folder: Path, width: int = 32, layers: int = 2, seed: int = 0) -> 
         num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=2 * width,
-        max_position_embeddings=64,
+        max_position_embeddings=128,
         pad_token_id=0,
     )
     BertModel(config).save_pretrained(folder)

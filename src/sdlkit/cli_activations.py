@@ -103,6 +103,10 @@ def add_commands(sub: argparse._SubParsersAction, common) -> None:
     imp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     imp.set_defaults(func=cmd_import)
 
+    from sdlkit.cli_browse import add_browse_command
+
+    add_browse_command(sub, common)
+
 
 def cmd_harvest(args: argparse.Namespace) -> int:
     from sdlkit.errors import ConfigError
