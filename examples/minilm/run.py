@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import build_corpus
 
+from sdlkit.browse import LatentScan, build_browser
 from sdlkit.cli import main as sdlkit
 from sdlkit.experiments.label_table import Table2, table2, table2_markdown, verdicts
 
@@ -57,15 +58,18 @@ def extract_model(out: Path) -> Path:
     return Path(unpack(str(out)))
 
 
-def harvest(model: Path, module: str, corpus: Path, store: Path, batch_size: int, fresh: bool) -> dict:
-    """`sdlkit harvest` one module into `store` (reused when complete); rows, samples and seconds."""
+def harvest(model: Path, module: str, corpus: Path, store: Path, batch_size: int, fresh: bool, device: str) -> dict:
+    """`sdlkit harvest` one module into `store` (reused when complete and of the same module and corpus); rows,
+    samples and seconds."""
     manifest = store / "manifest.json"
-    if not fresh and manifest.is_file() and json.loads(manifest.read_text())["progress"]["complete"]:
+    if not fresh and manifest.is_file():
         data = json.loads(manifest.read_text())
-        return {"rows": data["rows"], "samples": data["progress"]["next_sample"], "seconds": None}
+        same = list(data["modules"]) == [module] and data["source"].get("data") == str(corpus.resolve())
+        if same and data["progress"]["complete"]:
+            return {"rows": data["rows"], "samples": data["progress"]["next_sample"], "seconds": None}
     command = [
         "harvest", "--model", str(model), "--modules", module, "--data", str(corpus), "--label-column", "label",
-        "--out", str(store), "--context-size", "128", "--batch-size", str(batch_size), "--device", "cpu",
+        "--out", str(store), "--context-size", "128", "--batch-size", str(batch_size), "--device", device,
         "--overwrite",
     ]  # fmt: skip
     print("sdlkit " + " ".join(command), flush=True)
@@ -96,45 +100,36 @@ def run(args: argparse.Namespace) -> str:
         corpus_info = build_corpus(corpus)
     print("3/6 harvest", flush=True)
     token_store, sentence_store = out / "stores" / "tokens", out / "stores" / "sentences"
-    token_harvest = harvest(model, args.token_module, corpus, token_store, args.harvest_batch, args.fresh)
-    sentence_harvest = harvest(model, SENTENCE_MODULE, corpus, sentence_store, args.harvest_batch, args.fresh)
-    print("4/6 Table 2 on the sentence embeddings, then on the token activations", flush=True)
-    sentences = table2(
-        sentence_store,
-        methods(args.sentence_k),
-        n_latents=args.sentence_latents,
-        steps=args.sentence_steps,
-        batch_size=args.sentence_batch,
-        eval_rows=args.sentence_eval_rows,
-        out=out / "runs" / "sentences",
+    token_harvest = harvest(model, args.token_module, corpus, token_store, args.harvest_batch, args.fresh, args.device)
+    sentence_harvest = harvest(
+        model, SENTENCE_MODULE, corpus, sentence_store, args.harvest_batch, args.fresh, args.device
     )
-    tokens = table2(
-        token_store,
-        methods(args.token_k),
-        n_latents=args.token_latents,
-        steps=args.token_steps,
-        batch_size=args.token_batch,
-        eval_rows=args.token_eval_rows,
-        out=out / "runs" / "tokens",
+    print("4/6 Table 2 on the sentence embeddings, then on the token activations", flush=True)
+    sentences, tokens = (
+        table2(
+            store,
+            methods(getattr(args, f"{kind}_k")),
+            n_latents=getattr(args, f"{kind}_latents"),
+            steps=getattr(args, f"{kind}_steps"),
+            batch_size=getattr(args, f"{kind}_batch"),
+            eval_rows=getattr(args, f"{kind}_eval_rows"),
+            out=out / "runs" / f"{kind}s",
+            device=args.device,
+        )
+        for kind, store in (("sentence", sentence_store), ("token", token_store))
     )
     print("5/6 browser", flush=True)
     began = time.perf_counter()
-    browse = [
-        "browse",
-        str(out / "runs" / "tokens" / "topk-fa"),
-        "--store",
-        str(token_store),
-        "--out",
-        str(out / "browser"),
-    ]
-    if sdlkit([*browse, "--overwrite", "--device", "cpu"]) != 0:
-        raise SystemExit("browse failed")
+    browsed = out / "runs" / "tokens" / "topk-fa"
+    print(f"sdlkit browse {browsed} --store {token_store} --out {out / 'browser'}", flush=True)
+    scan = build_browser(browsed, token_store, out / "browser", device=args.device, overwrite=True)["scan"]
     browse_seconds = time.perf_counter() - began
     print("6/6 report", flush=True)
     timings = {
         "token_harvest": token_harvest,
         "sentence_harvest": sentence_harvest,
         "browse_seconds": browse_seconds,
+        "browsed": browser_summary(scan, tokens.settings["anchors"]),
         "total_seconds": time.perf_counter() - started,
         "load_average": (load_before, os.getloadavg()),
     }
@@ -180,6 +175,42 @@ def describe_model(folder: Path) -> str:
     return f"{folder} ({shape})"
 
 
+def browser_summary(scan: LatentScan, anchors: int) -> dict:
+    """How the browsed run's anchored latents differ from its others: firing frequency and label lift (the
+    largest share of a label among the rows a latent fires on, over that label's share of all rows)."""
+    freq = scan.frequency
+    lift = torch.zeros(len(freq))
+    if scan.label_counts is not None and scan.label_rows is not None:
+        share = scan.label_counts.double() / scan.count.clamp(min=1)[:, None].double()
+        base = scan.label_rows.double() / max(int(scan.label_rows.sum()), 1)
+        lift = (share / base.clamp(min=1e-12)).max(dim=1).values
+    fired = scan.count > 0
+    others = fired.clone()
+    others[:anchors] = False
+    return {
+        "anchored_frequency_mean": float(freq[:anchors].mean()),
+        "other_frequency_mean": float(freq[others].mean()),
+        "other_frequency_median": float(freq[others].median()),
+        "anchored_lift_median": float(lift[:anchors].median()),
+        "other_lift_median": float(lift[others].median()),
+    }
+
+
+def anchored_reading(browsed: dict) -> str:
+    """What the anchored latents' frequency and label lift say, decided by the numbers."""
+    dense = browsed["anchored_frequency_mean"] > 5 * browsed["other_frequency_mean"]
+    unspecific = browsed["anchored_lift_median"] < browsed["other_lift_median"]
+    if dense and unspecific:
+        return (
+            "Pulled to nearly parallel class means, the anchored latents became dense latents of the common "
+            "direction, not detectors of their classes (compare the paper's App. H, where anchored CLIP latents "
+            "look monosemantic)."
+        )
+    if unspecific:
+        return "The anchored latents are less label-specific than the others."
+    return "The anchored latents are at least as label-specific as the others."
+
+
 def write_report(out: Path, args, model: Path, corpus: dict, sentences: Table2, tokens: Table2, timings: dict) -> str:
     """OUT/report.md."""
     width = json.loads((model / "config.json").read_text()).get("hidden_size")
@@ -192,6 +223,7 @@ def write_report(out: Path, args, model: Path, corpus: dict, sentences: Table2, 
         else f"{corpus['file']}"
     )
     load0, load1 = timings["load_average"]
+    browsed = timings["browsed"]
     text = f"""# Table 2 on a real pretrained transformer: all-MiniLM-L6-v2 on Python's documentation
 
 Model: {describe_model(model)}. Corpus: {corpus_line}.
@@ -236,6 +268,10 @@ classes): a label says little about a single token.
 
 `sdlkit browse {out}/runs/tokens/topk-fa --store {out}/stores/tokens --out {out}/browser`: open
 `{out}/browser/index.html` (built in {timings["browse_seconds"]:.0f} s). Latents 0–29 are the anchored ones.
+They fire on {100 * browsed["anchored_frequency_mean"]:.1f}% of the token rows on average (the other latents:
+mean {100 * browsed["other_frequency_mean"]:.2f}%, median {100 * browsed["other_frequency_median"]:.2f}%), and the
+rows they fire on carry a label at a median lift of ×{browsed["anchored_lift_median"]:.1f} over its base rate
+(other latents: ×{browsed["other_lift_median"]:.1f}). {anchored_reading(browsed)}
 
 ## Reproduce
 
@@ -255,6 +291,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-dir", default=None, help="a model folder instead of the packaged MiniLM")
     parser.add_argument("--corpus", default=None, help="a JSONL corpus (text, label) instead of Python's docs")
     parser.add_argument("--token-module", default=TOKEN_MODULE, help=f"token-level module (default {TOKEN_MODULE})")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--harvest-batch", type=int, default=32, help="texts per forward pass (default 32)")
     parser.add_argument("--token-latents", type=int, default=3072)
     parser.add_argument("--token-k", type=int, default=32)

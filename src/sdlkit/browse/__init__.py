@@ -41,8 +41,9 @@ def build_browser(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Scan `store` with the dictionary at `run` (a run folder: its latest checkpoint, or a checkpoint) and
-    write the site into `out`; returns a summary (rows, latents, pages, out). `tokenizer`: where token
-    ids get their text (default: the model the store was harvested from, when that folder exists)."""
+    write the site into `out`; returns a summary: out, rows, latents, pages and the LatentScan itself.
+    `tokenizer`: where token ids get their text (default: the model the store was harvested from, when that
+    folder exists)."""
     options = options or ScanOptions()
     folder = resolve_checkpoint(run)
     config = read_config(folder)
@@ -71,7 +72,7 @@ def build_browser(
         "sdlkit_version": _version(),
     }
     pages = write_site(target, scan, model.W_D.detach().cpu(), strings, meta, opened.labels, anchors.get("count", 0))
-    return {"out": str(target), "rows": scan.rows, "latents": model.n_latents, "pages": pages}
+    return {"out": str(target), "rows": scan.rows, "latents": model.n_latents, "pages": pages, "scan": scan}
 
 
 def _modules(config: dict[str, Any], store: ActivationStore) -> list[str]:

@@ -86,6 +86,32 @@ def _codes(model: SparseDictionary, part: dict[str, torch.Tensor], modules: list
     return model.encode(x.to(model.W_E.device, model.W_E.dtype)).float().cpu()
 
 
+def _entries(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The non-zero codes of a batch as (row, latent, value), each [nnz]: every statistic is computed from
+    these (a TopK code has k of n_latents entries per row), not from the dense [batch, n_latents]."""
+    row, latent = codes.nonzero(as_tuple=True)
+    return row, latent, codes[row, latent]
+
+
+def _batch_top(
+    row: torch.Tensor, latent: torch.Tensor, value: torch.Tensor, n_latents: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each latent's k largest entries of a batch: (values [k, L], rows [k, L]; 0 and -1 where it has fewer)."""
+    order = torch.sort(value, descending=True, stable=True).indices
+    order = order[torch.sort(latent[order], stable=True).indices]  # grouped by latent, largest first
+    grouped = latent[order]
+    starts = torch.cumsum(torch.bincount(grouped, minlength=n_latents), 0) - torch.bincount(
+        grouped, minlength=n_latents
+    )
+    rank = torch.arange(len(order)) - starts[grouped]
+    keep = rank < k
+    values = torch.zeros(k, n_latents)
+    rows = torch.full((k, n_latents), -1, dtype=torch.int64)
+    values[rank[keep], grouped[keep]] = value[order][keep]
+    rows[rank[keep], grouped[keep]] = row[order][keep]
+    return values, rows
+
+
 @torch.inference_mode()
 def scan_store(
     model: SparseDictionary, store: ActivationStore, modules: list[str], options: ScanOptions | None = None
@@ -115,8 +141,8 @@ def _first_pass(model: SparseDictionary, store: ActivationStore, modules: list[s
         "count": torch.zeros(L, dtype=torch.int64),
         "total": torch.zeros(L, dtype=torch.float64),
         "max": torch.zeros(L),
-        "top_values": torch.zeros(0, L),
-        "top_rows": torch.zeros(0, L, dtype=torch.int64),
+        "top_values": torch.zeros(K, L),
+        "top_rows": torch.full((K, L), -1, dtype=torch.int64),
         "label_counts": torch.zeros(L * n_labels, dtype=torch.int64) if n_labels else None,
         "label_rows": torch.zeros(n_labels, dtype=torch.int64) if n_labels else None,
         "class_sums": torch.zeros(n_labels, model.n_in, dtype=torch.float64) if n_labels else None,
@@ -124,26 +150,21 @@ def _first_pass(model: SparseDictionary, store: ActivationStore, modules: list[s
     for lo, part in _batches(store, modules, options, "browse 1/2"):
         codes = _codes(model, part, modules)
         out["rows"] += codes.shape[0]
-        fired = codes > 0
-        out["count"] += fired.sum(0)
-        out["total"] += codes.sum(0, dtype=torch.float64)
-        out["max"] = torch.maximum(out["max"], codes.max(0).values)
-        values, rows = codes.topk(min(K, codes.shape[0]), dim=0)  # [k, L]: this batch's best rows per latent
+        row, latent, value = _entries(codes)
+        out["count"] += torch.bincount(latent, minlength=L)
+        out["total"] += torch.bincount(latent, weights=value.double(), minlength=L)
+        out["max"].scatter_reduce_(0, latent, value, reduce="amax")
+        values, rows = _batch_top(row, latent, value, L, K)  # [K, L]: this batch's best rows per latent
         merged_values = torch.cat([out["top_values"], values])
-        merged_rows = torch.cat([out["top_rows"], rows + lo])
-        best = merged_values.topk(min(K, merged_values.shape[0]), dim=0)
+        merged_rows = torch.cat([out["top_rows"], torch.where(rows >= 0, rows + lo, -1)])
+        best = merged_values.topk(K, dim=0)
         out["top_values"], out["top_rows"] = best.values, merged_rows.gather(0, best.indices)
         if n_labels:
             labels = part[LABEL_KEY]
-            row, latent = fired.nonzero(as_tuple=True)
             out["label_counts"] += torch.bincount(latent * n_labels + labels[row], minlength=L * n_labels)
             out["label_rows"] += torch.bincount(labels, minlength=n_labels)
             x = torch.cat([part[name] for name in modules], dim=1).double()
             out["class_sums"].index_add_(0, labels, x)
-    if out["top_values"].shape[0] < K:  # fewer rows than top_k
-        pad = K - out["top_values"].shape[0]
-        out["top_values"] = torch.cat([out["top_values"], torch.zeros(pad, L)])
-        out["top_rows"] = torch.cat([out["top_rows"], torch.full((pad, L), -1, dtype=torch.int64)])
     out["top_rows"][out["top_values"] <= 0] = -1
     return out
 
@@ -172,8 +193,8 @@ def _second_pass(
     scale = bins / first["max"].clamp(min=1e-30)
     for lo, part in _batches(store, modules, options, "browse 2/2"):
         codes = _codes(model, part, modules)
-        row, latent = (codes > 0).nonzero(as_tuple=True)
-        which = (codes[row, latent] * scale[latent]).long().clamp(max=bins - 1)
+        _, latent, value = _entries(codes)
+        which = (value * scale[latent]).long().clamp(max=bins - 1)
         hist += torch.bincount(latent * bins + which, minlength=L * bins)
         a, b = torch.searchsorted(want_rows, torch.tensor([lo, lo + codes.shape[0]])).tolist()
         here, at = want_rows[a:b] - lo, slot[a:b]

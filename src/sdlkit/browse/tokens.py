@@ -2,8 +2,8 @@
 
 Each token becomes a display string that carries its own leading space when it starts a word, so a
 context is the concatenation of its tokens: WordPiece (BERT) continuation pieces lose their "##" and
-everything else gets a space; byte-level BPE (GPT-2) and SentencePiece tokens are decoded one by one
-(their "Ġ" / "▁" becomes the space). Without a tokenizer, ids show as "#id".
+everything else but closing punctuation gets a space; byte-level BPE (GPT-2) and SentencePiece tokens are
+decoded one by one (their "Ġ" / "▁" becomes the space). Without a tokenizer, ids show as "#id".
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from sdlkit.errors import ConfigError
+
+CLOSING = {".", ",", ";", ":", "!", "?", ")", "]", "}", "%"}
+"""WordPiece tokens shown without a space before them."""
 
 
 def load_tokenizer(name: str | None) -> Any:
@@ -37,9 +40,12 @@ def display_strings(tokenizer: Any, ids: list[int]) -> dict[int, str]:
     pieces = tokenizer.convert_ids_to_tokens(list(ids))
     backend = getattr(tokenizer, "backend_tokenizer", None)
     model = getattr(backend, "model", None)
-    if type(model).__name__ == "WordPiece":
+    if type(model).__name__ == "WordPiece":  # BERT split punctuation off words: closing marks get no space
         prefix = getattr(model, "continuing_subword_prefix", None) or "##"
-        return {i: p[len(prefix) :] if p.startswith(prefix) else " " + p for i, p in zip(ids, pieces, strict=True)}
+        return {
+            i: p[len(prefix) :] if p.startswith(prefix) else p if p in CLOSING else " " + p
+            for i, p in zip(ids, pieces, strict=True)
+        }
     out = {}
     for i, piece in zip(ids, pieces, strict=True):
         if piece.startswith("▁"):  # SentencePiece: its decoder drops a sequence's first space, so map it here

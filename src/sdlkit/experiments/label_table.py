@@ -44,10 +44,18 @@ class Table2:
 
 
 def run_config_values(
-    store: Path, method: dict, n_latents: int, steps: int, batch_size: int, lr: float, eval_rows: int, anchors: int
+    store: Path,
+    method: dict,
+    n_latents: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    eval_rows: int,
+    anchors: int,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """The run config of one SAE (anchored with `anchors` > 0): normalised store rows, the paper's λ_anchor."""
-    train: dict[str, Any] = {"steps": steps, "batch_size": batch_size, "lr": lr, "progress": False, "log_every": steps}
+    train: dict[str, Any] = {"steps": steps, "batch_size": batch_size, "lr": lr, "log_every": steps}
     if anchors:
         train["anchors"] = {"count": anchors, "weight": ANCHOR_WEIGHT, "source": "labels"}
     return {
@@ -55,6 +63,7 @@ def run_config_values(
         "model": {"n_latents": n_latents, "method": method},
         "train": train,
         "seed": 0,
+        "device": device,
     }
 
 
@@ -69,6 +78,7 @@ def table2(
     lr: float = 1e-3,
     eval_rows: int = 4096,
     anchors: int = ANCHORS,
+    device: str = "cpu",
 ) -> Table2:
     """Train every method of `methods` (label -> method config) on `store` without and with `anchors`
     class-mean anchors, each into `out/<name>`; score all runs on the classes the anchored runs did not
@@ -76,12 +86,13 @@ def table2(
     runs, truth, anchored = [], None, None
     for label, method in methods.items():
         for count in (0, anchors):
-            values = run_config_values(store, method, n_latents, steps, batch_size, lr, eval_rows, count)
+            values = run_config_values(store, method, n_latents, steps, batch_size, lr, eval_rows, count, device)
             config = run_config(values)
             source = build_source(config.data)
             name = f"{method['name']}{'-fa' if count else ''}"
             if (out / name).exists():
                 shutil.rmtree(out / name)  # a folder this function wrote on an earlier call
+            print(f"{label}{' + FA' if count else ''} on {store.name}: {steps} steps of {batch_size}", flush=True)
             trainer = Trainer(config, source, out / name)
             result = trainer.fit()
             if count:
@@ -175,10 +186,11 @@ def verdicts(result: Table2, name: str, tol: float = 0.01) -> str:
     free = sum(r.get("free_M_IP", 0.0) - plain[r["method"]]["M_IP"] for r in fa) / len(fa)
     free_gt = max(r.get("free_M_GT", 0.0) for r in fa)
     zero = all(r["M_GT"] == 0 for r in plain.values())
+    pattern = "holds" if gain > tol and gt > tol else "holds for M_IP only" if gain > tol else "does not hold"
     text = (
         f"**{name}**: without anchoring M_GT is {'0% for every method, as in the paper' if zero else 'not 0%'}; "
         f"anchoring changes M_IP by {gain:+.3f} and brings M_GT to {_pct(gt)} (means over the methods), so the "
-        f"paper's pattern {'holds' if zero and gain > tol else 'does not hold'} here. "
+        f"paper's pattern (M_GT 0% → 24%, M_IP +0.17 to +0.34) {pattern} here. "
     )
     if gain <= tol:
         text += f"(The {k} anchor directions alone would score M_GT {_pct(ref['M_GT'])}, M_IP {ref['M_IP']:.3f}.) "
