@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,25 @@ def test_nearest_latents_by_decoder_cosine():
     best = sims.topk(3, dim=1)
     assert torch.equal(ids, best.indices)
     torch.testing.assert_close(cos, best.values)
+
+
+def test_a_store_without_labels_or_provenance_still_browses(tmp_path):
+    """A version-1 store (no token ids) of an unlabelled source: pages show values and samples, no text."""
+    from sdlkit.browse import build_browser
+    from sdlkit.io import save
+
+    writer = StoreWriter.create(tmp_path / "store", {"x": 8}, torch.float32, labels=None, source={}, shard_rows=64)
+    writer.manifest.version = 1
+    x = torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
+    writer.append({"x": x}, torch.arange(40))
+    writer.close()
+    torch.manual_seed(2)
+    save(SparseDictionary(ModelConfig(n_in=8, n_latents=16, method={"name": "topk", "k": 2})), tmp_path / "ckpt")
+    summary = build_browser(
+        tmp_path / "ckpt", tmp_path / "store", tmp_path / "site", options=ScanOptions(progress=False)
+    )
+    assert summary["rows"] == 40 and summary["pages"] == int((summary["scan"].count > 0).sum())
+    page = next((tmp_path / "site" / "data" / "latents").glob("*.js")).read_text()
+    data = json.loads(page[page.index("=") + 1 : page.rstrip().rindex(";")])
+    assert "labels" not in data and "classes" not in data
+    assert all(example["t"] == [""] and "l" not in example for example in data["examples"])
