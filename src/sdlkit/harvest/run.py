@@ -92,8 +92,8 @@ def harvest(
     """Harvest the activations of `modules` of `model` (one, or several for crosscoders) over `data` into
     the store `out`; returns the store's manifest. Keyword options mirror `sdlkit harvest`:
 
-    model: hub names or local folders; modules: `[i:]NAME[:input]` specs (comma-separated or a list; `i:`
-    required with several models; `clip:pooled` / `clip:projected` aliases); data: .txt, .jsonl, .parquet,
+    model: hub names or local folders; modules: `[i:]NAME[:input|:mean|:unit-mean]` specs (comma-separated or a
+    list; `i:` required with several models; `clip:pooled` / `clip:projected` aliases); data: .txt, .jsonl, .parquet,
     an image folder, or a hub dataset (needs `datasets`; `split`); context_size: tokens per text (truncated);
     batch_size: samples per forward pass; sort_window: text steps of sort_window × batch_size samples run as
     length-sorted passes (the step is the unit of resume; 1: file order); max_rows / max_samples: budgets (see
