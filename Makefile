@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: bench test demo lint clean
+.PHONY: bench test demo real lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,9 +24,16 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/digits_clip/run.py --out digits-out
 
+# A real pretrained transformer, offline: all-MiniLM-L6-v2 from the registry (the `real` extra) -> Python's docs as a
+# labelled corpus -> token and sentence-embedding stores -> Table 2 (TopK, BatchTopK, Matryoshka, each with and without
+# 30 class-mean anchors) -> real-out/report.md and the feature browser real-out/browser/index.html.
+real: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[real]"
+	$(PY) examples/minilm/run.py --out real-out
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) bench-out digits-out build src/*.egg-info
+	rm -rf $(VENV) bench-out digits-out real-out build src/*.egg-info

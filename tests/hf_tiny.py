@@ -135,3 +135,42 @@ def tiny_clip(folder: Path, kind: str = "with_projection") -> Path:
     model.save_pretrained(folder)
     CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+def tiny_bert(folder: Path, width: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A tiny BertModel (as sentence-transformers' all-MiniLM-L6-v2, architectures: BertModel) with random
+    weights and a WordPiece tokenizer with [CLS] ... [SEP] (words split into ## pieces), saved to `folder`."""
+    from tokenizers import decoders, normalizers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(TEXTS * 4, trainers.WordPieceTrainer(vocab_size=60, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    fast = BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+    )
+    fast.save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * width,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
+    BertModel(config).save_pretrained(folder)
+    return folder

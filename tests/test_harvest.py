@@ -69,6 +69,7 @@ def test_rows_equal_hidden_states_at_real_tokens(arch, tmp_path, text_file):
         str(text_file),
         str(tmp_path / "s"),
         batch_size=5,
+        sort_window=2,  # steps of 10 samples, each run as two length-sorted passes
         context_size=9,
         device="cpu",
         progress=False,
@@ -109,7 +110,7 @@ def test_special_tokens_kept_on_request(gpt2, tmp_path, text_file):
 
 
 def test_resume_after_interrupt_gives_the_uninterrupted_rows(gpt2, tmp_path, text_file, monkeypatch):
-    options = dict(batch_size=3, context_size=12, device="cpu", progress=False, shard_rows=20)
+    options = dict(batch_size=3, sort_window=2, context_size=12, device="cpu", progress=False, shard_rows=20)
     modules = "transformer.h.1,transformer.h.2.mlp:input"
     whole = harvest(str(gpt2), modules, str(text_file), str(tmp_path / "whole"), **options)
 
@@ -117,7 +118,7 @@ def test_resume_after_interrupt_gives_the_uninterrupted_rows(gpt2, tmp_path, tex
 
     def interrupted(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 5:  # the shape probe, then four batches
+        if len(calls) == 5:  # the shape probe, two passes (step 1), then step 2's second pass
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -126,7 +127,7 @@ def test_resume_after_interrupt_gives_the_uninterrupted_rows(gpt2, tmp_path, tex
         harvest(str(gpt2), modules, str(text_file), str(tmp_path / "cut"), **options)
     monkeypatch.setattr(run_module, "record_batch", real)
     cut = json.loads((tmp_path / "cut" / "manifest.json").read_text())
-    assert not cut["progress"]["complete"] and cut["progress"]["next_sample"] == 9  # 3 finished batches of 3
+    assert not cut["progress"]["complete"] and cut["progress"]["next_sample"] == 6  # step 1's 2 × 3 samples
     with pytest.raises(SdlkitError, match="context_size"):  # other settings: refused
         harvest(
             str(gpt2), modules, str(text_file), str(tmp_path / "cut"), resume=True, **{**options, "context_size": 8}
@@ -167,7 +168,7 @@ def test_labels_from_jsonl_and_parquet_columns(gpt2, tmp_path):
 
 
 def test_budgets_stop_at_batch_boundaries(gpt2, tmp_path, text_file):
-    opts = dict(batch_size=4, context_size=12, device="cpu", progress=False)
+    opts = dict(batch_size=4, sort_window=1, context_size=12, device="cpu", progress=False)
     harvest(str(gpt2), "transformer.h.0", str(text_file), str(tmp_path / "all"), **opts)
     full = read_store(tmp_path / "all")
     m = harvest(str(gpt2), "transformer.h.0", str(text_file), str(tmp_path / "r"), max_rows=30, **opts)

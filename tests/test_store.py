@@ -104,7 +104,8 @@ def test_rows_read_back_exactly_in_order(store: Path, data) -> None:
         assert torch.equal(torch.cat([p[key] for p in parts]), data[key])
     lo = reader.offsets[2]
     shard = reader.shard(2, [B])
-    assert set(shard) == {B, "sample", "label"}
+    assert set(shard) == {B, "sample", "label", "token", "position"}
+    assert torch.equal(shard["token"], torch.full_like(shard["sample"], -1))  # not given: whole-sample rows
     assert torch.equal(shard[B], data[B][lo : reader.offsets[3]])
     middle = reader.read_rows(33, 97, [A])
     assert torch.equal(middle[A], data[A][33:97]) and torch.equal(middle["label"], data["label"][33:97])

@@ -5,9 +5,12 @@ module names are the dotted names users see in `model.named_modules()` of that c
 "model.layers.12", "vision_model.post_layernorm"). Remote code runs only when asked. Image models get
 their image processor with the PIL backend: torchvision is never imported.
 
-A module spec is `[i:]NAME[:input]`: `NAME` records the module's output (the first element of a tuple),
-`NAME:input` its first positional input; `i:` picks the i-th model when several are harvested
-(crosscoders). `clip:pooled` and `clip:projected` name CLIP's pooled and projected image embeddings.
+A module spec is `[i:]NAME[:input|:mean|:unit-mean]`: `NAME` records the module's output (the first element
+of a tuple), `NAME:input` its first positional input; `NAME:mean` the mean of a per-token output over the
+sample's attended tokens (a row per sample: sentence-transformers' mean pooling), `NAME:unit-mean` that mean
+scaled to unit length (its Normalize step; `encoder:unit-mean` of a BERT sentence encoder is its sentence
+embedding); `i:` picks the i-th model when several are harvested (crosscoders). `clip:pooled` and
+`clip:projected` name CLIP's pooled and projected image embeddings.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from sdlkit.errors import ConfigError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CLIP_ALIASES = {"clip:pooled": "vision_model.post_layernorm", "clip:projected": "visual_projection"}
 INPUT_SUFFIX = ":input"
+POOLED_SUFFIXES = {":mean": "mean", ":unit-mean": "unit-mean"}
+"""Spec suffix -> role of the per-sample poolings of a per-token output (see sdlkit.harvest.pooling)."""
+Role = Literal["output", "input", "mean", "unit-mean"]
 
 
 def parse_dtype(name: str, option: str = "dtype") -> torch.dtype:
@@ -180,7 +186,7 @@ class ModuleSpec:
     key: str
     model_index: int
     module: str
-    role: Literal["output", "input"]
+    role: Role
 
 
 def parse_modules(
@@ -210,9 +216,12 @@ def _parse_one(spec: str, models: list[nn.Module], model_names: list[str]) -> Mo
             raise ConfigError(f"module {spec!r} names model {index}, but only {len(models)} model(s) are given")
     elif len(models) > 1:
         raise ConfigError(f"module {spec!r} needs a model prefix with several models: 0:{spec} or 1:{spec}")
-    role: Literal["output", "input"] = "output"
+    role: Role = "output"
     if rest.endswith(INPUT_SUFFIX):
         role, rest = "input", rest.removesuffix(INPUT_SUFFIX)
+    for suffix, pooled in POOLED_SUFFIXES.items():
+        if rest.endswith(suffix):
+            role, rest = pooled, rest.removesuffix(suffix)
     module = CLIP_ALIASES.get(rest, rest)
     names = list_modules(models[index])
     if module not in names:
@@ -228,5 +237,5 @@ def _parse_one(spec: str, models: list[nn.Module], model_names: list[str]) -> Mo
             f"`sdlkit harvest --model {model_names[index]} --list-modules`"
         )
     prefix = f"{index}:" if match else ""
-    key = f"{prefix}{module}{INPUT_SUFFIX if role == 'input' else ''}"
+    key = f"{prefix}{module}{'' if role == 'output' else ':' + role}"
     return ModuleSpec(key, index, module, role)

@@ -1,14 +1,16 @@
 """The harvest loop: run models over a dataset and write the activations of named modules into a store.
 
-Batches are the fixed sample ranges [b·B, (b+1)·B) of the dataset, so a resumed harvest forms exactly the
-batches of an uninterrupted one (same composition, same padding: bit-identical activations). A module
-output [B, T, D] gives one row per token (text: real tokens only, padding and by default special tokens
-excluded; images: every token); [B, D] gives one row per sample. Rows are in sample order, tokens in
-order. Shards are committed only at batch boundaries (StoreWriter.end_batch), and an exception or Ctrl-C
-leaves the store resumable.
+Steps are the fixed sample ranges [s·S, (s+1)·S) of the dataset (S = batch_size, × sort_window for text,
+whose steps run as length-sorted forward passes: sdlkit.harvest.batching), so a resumed harvest forms
+exactly the passes of an uninterrupted one (same composition, same padding: bit-identical activations).
+A module output [B, T, D] gives one row per token (text: real tokens only, padding and by default special
+tokens excluded; images: every token); [B, D] (or a pooled `NAME:mean`) gives one row per sample. Rows
+are in sample order, tokens in order, each with its provenance: token id and position in its sample (-1
+where a row stands for the whole sample). Shards are committed only at step boundaries
+(StoreWriter.end_batch), and an exception or Ctrl-C leaves the store resumable.
 
-Budgets: `max_samples` harvests the first that many samples; `max_rows` stops at the first batch boundary
-where at least that many rows are stored, so a store may hold up to one batch of rows more.
+Budgets: `max_samples` harvests the first that many samples; `max_rows` stops at the first step boundary
+where at least that many rows are stored, so a store may hold up to one step of rows more.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sdlkit.errors import ConfigError, StoreError
+from sdlkit.harvest.batching import pad_ids, sample_order, sorted_passes
 from sdlkit.harvest.datasets import Dataset, open_dataset
 from sdlkit.harvest.hooks import Recorder
 from sdlkit.harvest.models import (
+    POOLED_SUFFIXES,
     LoadedModel,
     ModuleSpec,
     check_context_size,
@@ -36,6 +40,7 @@ from sdlkit.harvest.models import (
     parse_modules,
     resolve_device,
 )
+from sdlkit.harvest.pooling import pool_tokens
 from sdlkit.store import StoreManifest, StoreWriter
 from sdlkit.store.writer import resumable_manifest
 
@@ -44,12 +49,20 @@ SKIPPED_IMAGES = "undecodable_images"
 
 @dataclass
 class Prepared:
-    """One batch ready for the models: inputs per model (CPU), which samples it holds, and the token mask."""
+    """One forward pass ready for the models: inputs per model (CPU), which samples it holds, and the token mask."""
 
     inputs: list[dict[str, torch.Tensor]]
     index: torch.Tensor  # int64 [B]: dataset index of each sample in the batch
     mask: torch.Tensor | None  # bool [B, T]: the tokens that give rows (text only)
     skipped: int  # samples of the range that could not be decoded
+
+
+@dataclass
+class Step:
+    """One harvest step (the unit of resume): its forward passes and how many samples could not be decoded."""
+
+    passes: list[Prepared]
+    skipped: int
 
 
 def harvest(
@@ -60,6 +73,7 @@ def harvest(
     *,
     context_size: int = 128,
     batch_size: int = 32,
+    sort_window: int = 8,
     max_rows: int | None = None,
     max_samples: int | None = None,
     device: str = "auto",
@@ -79,16 +93,23 @@ def harvest(
     """Harvest the activations of `modules` of `model` (one, or several for crosscoders) over `data` into
     the store `out`; returns the store's manifest. Keyword options mirror `sdlkit harvest`:
 
-    model: hub names or local folders; modules: `[i:]NAME[:input]` specs (comma-separated or a list; `i:`
-    required with several models; `clip:pooled` / `clip:projected` aliases); data: .txt, .jsonl, .parquet,
+    model: hub names or local folders; modules: `[i:]NAME[:input|:mean|:unit-mean]` specs (comma-separated or a
+    list; `i:` required with several models; `clip:pooled` / `clip:projected` aliases); data: .txt, .jsonl, .parquet,
     an image folder, or a hub dataset (needs `datasets`; `split`); context_size: tokens per text (truncated);
-    batch_size: samples per forward pass, also the unit of resume; max_rows / max_samples: budgets (see the
-    module docstring); device: cpu, cuda[:N] or auto; model_dtype / store_dtype: float32, bfloat16, float16;
+    batch_size: samples per forward pass; sort_window: text steps of sort_window × batch_size samples run as
+    length-sorted passes (the step is the unit of resume; 1: file order); max_rows / max_samples: budgets (see
+    the module docstring); device: cpu, cuda[:N] or auto; model_dtype / store_dtype: float32, bfloat16, float16;
     include_special: also record special tokens (BOS, EOS, ...); text_column / label_column: columns of
     .jsonl/.parquet; resume: continue the incomplete store `out` (same options required); overwrite: replace
     an existing store; trust_remote_code: run the model repository's own code; shard_rows: rows per shard.
     """
-    _check_counts(context_size=context_size, batch_size=batch_size, max_rows=max_rows, max_samples=max_samples)
+    _check_counts(
+        context_size=context_size,
+        batch_size=batch_size,
+        sort_window=sort_window,
+        max_rows=max_rows,
+        max_samples=max_samples,
+    )
     names = [model] if isinstance(model, str) else list(model)
     if not names:
         raise ConfigError("no model given: pass --model NAME_OR_PATH")
@@ -103,7 +124,7 @@ def harvest(
     loaded = [load_model(n, device=target, dtype=torch_dtype, trust_remote_code=trust_remote_code) for n in names]
     _check_models(loaded, dataset, context_size)
     specs = parse_modules(modules, [m.model for m in loaded], names)
-    job = _Job(loaded, specs, dataset, _Preparer(loaded, dataset, context_size, include_special), target)
+    job = _Job(loaded, specs, dataset, _Preparer(loaded, dataset, context_size, include_special, batch_size), target)
     dims = probe_dims(loaded, specs, job.prepare.probe(), target)
     source = {
         "models": [_source_name(n) for n in names],
@@ -115,6 +136,7 @@ def harvest(
         "split": split if not Path(data).expanduser().exists() else None,
         "context_size": context_size if dataset.kind == "text" else None,
         "batch_size": batch_size,
+        "sort_window": sort_window if dataset.kind == "text" else None,
         "model_dtype": model_dtype,
         "store_dtype": store_dtype,
         "include_special": include_special,
@@ -139,11 +161,11 @@ def harvest(
             overwrite=overwrite,
         )
     n_samples = len(dataset) if max_samples is None else min(len(dataset), max_samples)
-    start = writer.next_sample
-    if start % batch_size and start < n_samples:
-        raise ConfigError(f"cannot resume {out}: it stopped at sample {start}, not at a batch boundary of {batch_size}")
+    start, step = writer.next_sample, batch_size * (sort_window if dataset.kind == "text" else 1)
+    if start % step and start < n_samples:
+        raise ConfigError(f"cannot resume {out}: it stopped at sample {start}, not at a step boundary of {step}")
     with writer:  # an exception (or Ctrl-C) closes the store incomplete, so --resume continues it
-        _loop(writer, job, range(start, n_samples, batch_size), n_samples, max_rows, progress)
+        _loop(writer, job, range(start, n_samples, step), n_samples, max_rows, progress)
     return writer.manifest.model_copy(deep=True)
 
 
@@ -157,12 +179,20 @@ class _Job:
     prepare: _Preparer
     device: torch.device
 
-    def append(self, writer: StoreWriter, batch: Prepared) -> None:
-        """Run the models on one prepared batch and append its rows to the store."""
-        if len(batch.index):
-            acts, sample = _rows(record_batch(self.loaded, self.specs, batch, self.device), batch)
-            labels = self.dataset.labels
-            writer.append(acts, sample, labels[sample] if labels is not None else None)
+    def append(self, writer: StoreWriter, step: Step) -> None:
+        """Run the models on one step's forward passes and append its rows to the store, in sample order."""
+        parts = [_rows(record_batch(self.loaded, self.specs, batch, self.device), batch) for batch in step.passes]
+        parts = [part for part in parts if len(part[1])]
+        if not parts:
+            return
+        acts = {key: torch.cat([part[0][key] for part in parts]) for key in parts[0][0]}
+        sample, token, position = (torch.cat([part[i] for part in parts]) for i in (1, 2, 3))
+        if bool((sample[1:] < sample[:-1]).any()):  # passes (and samples within one) ran sorted by length
+            order = sample_order(sample)
+            acts = {key: x[order.to(x.device)] for key, x in acts.items()}
+            sample, token, position = sample[order], token[order], position[order]
+        labels = self.dataset.labels
+        writer.append(acts, sample, labels[sample] if labels is not None else None, token, position)
 
 
 def _loop(writer: StoreWriter, job: _Job, starts: range, n_samples: int, max_rows: int | None, progress: bool) -> None:
@@ -192,6 +222,7 @@ def record_batch(
 ) -> dict[str, torch.Tensor]:
     """The tensors of every spec for one batch, as the modules give them (on `device`)."""
     records: dict[str, torch.Tensor] = {}
+    pooled = set(POOLED_SUFFIXES.values())
     with torch.inference_mode():
         for i, item in enumerate(loaded):
             mine = [spec for spec in specs if spec.model_index == i]
@@ -200,13 +231,22 @@ def record_batch(
             inputs = {k: _to_model(v, item.model, device) for k, v in batch.inputs[i].items()}
             with Recorder(item.model, mine) as recorder:
                 records.update(recorder.run(lambda m=item.model, x=inputs: _forward(m, x)))
+            for spec in mine:
+                if spec.role in pooled:
+                    attention = inputs.get("attention_mask")
+                    records[spec.key] = pool_tokens(records[spec.key], attention, spec.role, spec.key)
     return {spec.key: records[spec.key] for spec in specs}
 
 
-def _rows(records: dict[str, torch.Tensor], batch: Prepared) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Rows per module ([rows, D]) and the dataset sample of each row; per-token outputs keep masked tokens."""
+def _rows(
+    records: dict[str, torch.Tensor], batch: Prepared
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows per module ([rows, D]) and, per row, its dataset sample, token id and position in the sample
+    (int64 [rows]; -1 where a row stands for the whole sample, or has no token id: image patches).
+    Per-token outputs keep the masked tokens."""
     acts: dict[str, torch.Tensor] = {}
     sample = batch.index
+    token = position = torch.full_like(sample, -1)
     for key, x in records.items():
         if x.ndim == 2:
             acts[key] = x
@@ -218,7 +258,10 @@ def _rows(records: dict[str, torch.Tensor], batch: Prepared) -> tuple[dict[str, 
             )
         acts[key] = x[mask.to(x.device)]
         sample = batch.index[:, None].expand(mask.shape)[mask]
-    return acts, sample
+        position = torch.arange(mask.shape[1]).expand(mask.shape)[mask]
+        ids = batch.inputs[0].get("input_ids") if batch.inputs else None
+        token = ids[mask] if ids is not None and ids.shape == mask.shape else torch.full_like(sample, -1)
+    return acts, sample, token, position
 
 
 def _forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Any:
@@ -238,25 +281,27 @@ def _to_model(x: torch.Tensor, model: nn.Module, device: torch.device) -> torch.
 class _Preparer:
     """Turns a sample range into model inputs: tokens (shared by all models) or processed pixels (per model)."""
 
-    def __init__(self, loaded: list[LoadedModel], dataset: Dataset, context_size: int, include_special: bool):
-        self.loaded, self.dataset, self.context_size = loaded, dataset, context_size
+    def __init__(
+        self, loaded: list[LoadedModel], dataset: Dataset, context_size: int, include_special: bool, batch_size: int
+    ):
+        self.loaded, self.dataset, self.context_size, self.batch_size = loaded, dataset, context_size, batch_size
         tokenizer = loaded[0].tokenizer
         special = [] if include_special or tokenizer is None else sorted(set(tokenizer.all_special_ids))
         self.special = torch.tensor(special, dtype=torch.int64)
 
-    def __call__(self, start: int, stop: int) -> Prepared:
+    def __call__(self, start: int, stop: int) -> Step:
         samples = self.dataset.load(start, stop)
         if not samples.items:
-            return Prepared([], samples.index, None, samples.skipped)
+            return Step([], samples.skipped)
         if self.dataset.kind == "text":
-            return self._text(samples.items, samples.index)
+            return Step(self._text(samples.items, samples.index), 0)
         inputs = [{"pixel_values": _pixels(m, samples.items)} for m in self.loaded]
-        return Prepared(inputs, samples.index, None, samples.skipped)
+        return Step([Prepared(inputs, samples.index, None, samples.skipped)], samples.skipped)
 
     def probe(self) -> Prepared:
         """A one-sample batch to learn the modules' shapes: the first text, or a blank image."""
         if self.dataset.kind == "text":
-            return self._text(self.dataset.load(0, 1).items, torch.zeros(1, dtype=torch.int64))
+            return self._text(self.dataset.load(0, 1).items, torch.zeros(1, dtype=torch.int64))[0]
         from PIL import Image
 
         blank = [Image.new("RGB", (64, 64))]
@@ -264,14 +309,18 @@ class _Preparer:
             [{"pixel_values": _pixels(m, blank)} for m in self.loaded], torch.zeros(1, dtype=torch.int64), None, 0
         )
 
-    def _text(self, texts: list[str], index: torch.Tensor) -> Prepared:
-        encoded = self.loaded[0].tokenizer(
-            texts, padding=True, truncation=True, max_length=self.context_size, return_tensors="pt"
-        )
-        ids, attention = encoded["input_ids"], encoded["attention_mask"]
-        mask = attention.bool() & ~torch.isin(ids, self.special)
-        inputs = {"input_ids": ids, "attention_mask": attention}
-        return Prepared([inputs] * len(self.loaded), index, mask, 0)
+    def _text(self, texts: list[str], index: torch.Tensor) -> list[Prepared]:
+        """The texts tokenized once, sorted by length and cut into right-padded passes of batch_size."""
+        tokenizer = self.loaded[0].tokenizer
+        encoded = tokenizer(texts, truncation=True, max_length=self.context_size)["input_ids"]
+        lengths = torch.tensor([len(ids) for ids in encoded], dtype=torch.int64)
+        passes = []
+        for chosen in sorted_passes(lengths, self.batch_size):
+            ids, attention = pad_ids([encoded[i] for i in chosen.tolist()], tokenizer.pad_token_id)
+            mask = attention.bool() & ~torch.isin(ids, self.special)
+            inputs = {"input_ids": ids, "attention_mask": attention}
+            passes.append(Prepared([inputs] * len(self.loaded), index[chosen], mask, 0))
+        return passes
 
 
 def _pixels(loaded: LoadedModel, images: list[Any]) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """The on-disk layout of an activation store: manifest model, file names, dtypes, strict manifest reading.
 
 A store is a folder holding `manifest.json` (a `StoreManifest`), shards `shard-NNNNNN.safetensors`
-(one [rows, dim] tensor per module, plus `sample` int64 [rows] and, when labelled, `label` int64 [rows])
-and `stats.safetensors` (per module `<name>.sum` float64 [dim] and `<name>.sum_sq_norm` float64 []).
+(one [rows, dim] tensor per module, plus `sample` int64 [rows] and, when labelled, `label` int64 [rows];
+from version 2 also `token` and `position` int64 [rows]: the row's token id and its position within its
+sample, -1 for rows that stand for a whole sample) and `stats.safetensors` (per module `<name>.sum`
+float64 [dim] and `<name>.sum_sq_norm` float64 []).
 The manifest is the single source of truth: a shard file it does not list does not exist.
 """
 
@@ -18,12 +20,16 @@ from sdlkit.errors import StoreError, describe_validation_error
 from sdlkit.io import read_json_object, write_json_atomically
 
 FORMAT = "sdlkit-activation-store"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 2 added the row provenance (`token`, `position`); version 1 stores still read (without it)."""
 MANIFEST_FILE = "manifest.json"
 STATS_FILE = "stats.safetensors"
 SAMPLE_KEY = "sample"
 LABEL_KEY = "label"
-RESERVED_KEYS = (SAMPLE_KEY, LABEL_KEY)
+TOKEN_KEY = "token"
+POSITION_KEY = "position"
+RESERVED_KEYS = (SAMPLE_KEY, LABEL_KEY, TOKEN_KEY, POSITION_KEY)
 """Shard tensor names that are not modules."""
 
 STORE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -87,7 +93,7 @@ class StoreManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["sdlkit-activation-store"] = FORMAT
-    version: Literal[1] = VERSION
+    version: Literal[1, 2] = VERSION
     modules: dict[str, ModuleInfo]
     """Module name -> width, in the order the user listed them."""
     dtype: Literal["float32", "float16", "bfloat16"]
@@ -112,6 +118,11 @@ class StoreManifest(BaseModel):
         """Module name -> width, in store order."""
         return {name: info.dim for name, info in self.modules.items()}
 
+    @property
+    def provenance_keys(self) -> list[str]:
+        """The per-row provenance tensors its shards hold: token and position (version 2), none (version 1)."""
+        return [TOKEN_KEY, POSITION_KEY] if self.version >= 2 else []
+
 
 def read_manifest(folder: str | Path) -> StoreManifest:
     """The validated manifest of the store at `folder` (StoreError naming the problem otherwise)."""
@@ -124,10 +135,10 @@ def read_manifest(folder: str | Path) -> StoreManifest:
     raw = read_json_object(path, StoreError, "; re-harvest the store")
     if raw.get("format") != FORMAT:
         raise StoreError(f"{path} is not an activation-store manifest (format is not {FORMAT!r})")
-    if raw.get("version") != VERSION:
+    if raw.get("version") not in READABLE_VERSIONS:
         raise StoreError(
-            f"{path} has store format version {raw.get('version')!r}; this sdlkit reads version {VERSION}: "
-            "re-harvest the store with this version"
+            f"{path} has store format version {raw.get('version')!r}; this sdlkit reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: re-harvest the store with this version"
         )
     try:
         return StoreManifest.model_validate(raw)
@@ -146,6 +157,8 @@ def expected_tensors(manifest: StoreManifest, rows: int) -> dict[str, tuple[list
     expected[SAMPLE_KEY] = ([rows], "I64")
     if manifest.labels is not None:
         expected[LABEL_KEY] = ([rows], "I64")
+    for key in manifest.provenance_keys:
+        expected[key] = ([rows], "I64")
     return expected
 
 

@@ -83,7 +83,8 @@ class ActivationStore:
 
     # ----- reading ------------------------------------------------------------------------------
     def shard(self, i: int, modules: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Shard `i`: each module [rows, dim] in the store dtype, `sample` [rows] and (if labelled) `label` [rows]."""
+        """Shard `i`: each module [rows, dim] in the store dtype, `sample` [rows], (if labelled) `label` [rows]
+        and (version 2) `token`, `position` [rows]."""
         if not 0 <= i < self.n_shards:
             raise StoreError(f"shard {i} does not exist: the store {self.path} has {self.n_shards} shards")
         return self._read_shard(i, self.check_modules(modules), 0, self.manifest.shards[i].rows)
@@ -119,13 +120,13 @@ class ActivationStore:
             yield self.read_rows(lo, min(lo + batch_size, stop), names)
 
     def _keys(self, names: list[str]) -> list[str]:
-        return [*names, SAMPLE_KEY] + ([LABEL_KEY] if self.labels is not None else [])
+        return [*names, SAMPLE_KEY] + ([LABEL_KEY] if self.labels is not None else []) + self.manifest.provenance_keys
 
     def _empty(self, names: list[str]) -> dict[str, torch.Tensor]:
         out = {name: torch.empty(0, self.modules[name], dtype=self.manifest.torch_dtype) for name in names}
         out[SAMPLE_KEY] = torch.empty(0, dtype=torch.int64)
-        if self.labels is not None:
-            out[LABEL_KEY] = torch.empty(0, dtype=torch.int64)
+        for key in ([LABEL_KEY] if self.labels is not None else []) + self.manifest.provenance_keys:
+            out[key] = torch.empty(0, dtype=torch.int64)
         return out
 
     def _read_shard(self, i: int, names: list[str], lo: int, hi: int) -> dict[str, torch.Tensor]:

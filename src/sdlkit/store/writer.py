@@ -28,9 +28,11 @@ from sdlkit.io import save_file_checked, sha256
 from sdlkit.store.format import (
     LABEL_KEY,
     MANIFEST_FILE,
+    POSITION_KEY,
     RESERVED_KEYS,
     SAMPLE_KEY,
     STATS_FILE,
+    TOKEN_KEY,
     ModuleInfo,
     ModuleStats,
     ShardInfo,
@@ -237,8 +239,17 @@ class StoreWriter:
         return self.manifest.labels
 
     # ----- writing ------------------------------------------------------------------------------
-    def append(self, acts: dict[str, torch.Tensor], sample: torch.Tensor, label: torch.Tensor | None = None) -> None:
-        """Buffer r rows: acts[name] [r, dim] for every module, sample int64 [r], label int64 [r] if labelled."""
+    def append(
+        self,
+        acts: dict[str, torch.Tensor],
+        sample: torch.Tensor,
+        label: torch.Tensor | None = None,
+        token: torch.Tensor | None = None,
+        position: torch.Tensor | None = None,
+    ) -> None:
+        """Buffer r rows: acts[name] [r, dim] for every module, sample int64 [r], label int64 [r] if labelled,
+        and each row's provenance: token id and position within its sample, int64 [r] (default -1: a row
+        that stands for a whole sample). A version-1 store (resumed) keeps no provenance."""
         self._check_open()
         missing = [name for name in self._names if name not in acts]
         extra = [name for name in acts if name not in self.manifest.modules]
@@ -278,6 +289,10 @@ class StoreWriter:
                     f"labels must be label ids in [0, {n_labels}); got values in "
                     f"[{int(part[LABEL_KEY].min())}, {int(part[LABEL_KEY].max())}]"
                 )
+        for key, value in ((TOKEN_KEY, token), (POSITION_KEY, position)):
+            if key in self.manifest.provenance_keys:
+                given = torch.full((rows,), -1, dtype=torch.int64) if value is None else value
+                part[key] = self._index_tensor(key, given, rows)
         if rows and int(part[SAMPLE_KEY].min()) < self._ready_end:
             raise StoreError(
                 f"append got dataset sample {int(part[SAMPLE_KEY].min())}, but samples before "
@@ -373,6 +388,7 @@ class StoreWriter:
     def _write_shard(self) -> None:
         """Turn the finished batches' rows into the next shard file and account for it in the manifest."""
         keys = [*self._names, SAMPLE_KEY] + ([LABEL_KEY] if self.manifest.labels is not None else [])
+        keys += self.manifest.provenance_keys
         tensors = {key: torch.cat([part[key] for part, _ in self._ready]) for key in keys}
         index = len(self.manifest.shards)
         path = self.folder / shard_name(index)

@@ -1,0 +1,118 @@
+"""The feature browser: a static HTML site of a trained dictionary's latents on an activation store.
+
+    from sdlkit.browse import build_browser
+    build_browser("runs/topk", "stores/minilm-l3", "browser/")      # then open browser/index.html
+
+Two streaming passes over the store (sdlkit.browse.scan) collect each latent's firing frequency,
+maximum, histogram, top activating rows with their token context, and the labels of the rows it fires
+on; sdlkit.browse.site writes the pages. Layout ideas from SAEDashboard and Neuronpedia (index of
+latents; per latent: stats line, histogram, top tokens, neighbours, highlighted contexts); no code.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from sdlkit.browse.scan import LatentScan, ScanOptions, scan_store
+from sdlkit.browse.site import write_site
+from sdlkit.browse.tokens import display_strings, load_tokenizer
+from sdlkit.errors import ConfigError
+from sdlkit.io import load, read_config, resolve_checkpoint
+from sdlkit.store import ActivationStore
+
+__all__ = ["LatentScan", "ScanOptions", "build_browser", "scan_store"]
+
+MARKER = Path("data") / "meta.js"
+"""A folder holding this file was written by the browser (and may be replaced with overwrite=True)."""
+
+
+def build_browser(
+    run: str | os.PathLike,
+    store: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    tokenizer: str | None = None,
+    options: ScanOptions | None = None,
+    device: str = "cpu",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Scan `store` with the dictionary at `run` (a run folder: its latest checkpoint, or a checkpoint) and
+    write the site into `out`; returns a summary: out, rows, latents, pages and the LatentScan itself.
+    `tokenizer`: where token ids get their text (default: the model the store was harvested from, when that
+    folder exists)."""
+    options = options or ScanOptions()
+    folder = resolve_checkpoint(run)
+    config = read_config(folder)
+    opened = ActivationStore(store)
+    modules = _modules(config, opened)
+    target = Path(out)
+    _prepare_out(target, overwrite)
+    model = load(folder, device)
+    scan = scan_store(model, opened, modules, options)
+    used = scan.context_tokens[scan.context_tokens >= 0].unique().tolist()
+    strings = display_strings(_tokenizer(tokenizer, opened) if used else None, used)
+    run_config = config.get("run", {})
+    anchors = (run_config.get("train") or {}).get("anchors") or {}
+    method = config.get("model", {}).get("method", {})
+    meta = {
+        "run": str(run),
+        "checkpoint": str(folder),
+        "store": str(store),
+        "modules": modules,
+        "model": (opened.manifest.source.get("models") or [None])[0],
+        "method": ", ".join(f"{k} = {v}" if k != "name" else str(v) for k, v in method.items() if k in ("name", "k")),
+        "rows": scan.rows,
+        "label_rows": scan.label_rows.tolist() if scan.label_rows is not None else None,
+        "top_k": options.top_k,
+        "window": options.window,
+        "sdlkit_version": _version(),
+    }
+    pages = write_site(target, scan, model.W_D.detach().cpu(), strings, meta, opened.labels, anchors.get("count", 0))
+    return {"out": str(target), "rows": scan.rows, "latents": model.n_latents, "pages": pages, "scan": scan}
+
+
+def _modules(config: dict[str, Any], store: ActivationStore) -> list[str]:
+    """The modules the dictionary was trained on (its run config's data.inputs), else all the store's."""
+    data = config.get("run", {}).get("data") or {}
+    inputs = data.get("inputs") if data.get("kind", "store") == "store" else None
+    return store.check_modules(inputs, "the run's data.inputs")
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty `out` unless overwrite; even then, replace only a folder the browser wrote."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not overwrite:
+        raise ConfigError(f"{out} already exists and is not empty; pass --overwrite to replace it, or choose another")
+    if not (out / MARKER).is_file():
+        raise ConfigError(f"refusing to overwrite {out}: it is not a browser folder (no {MARKER}); delete it yourself")
+    shutil.rmtree(out)
+
+
+def _tokenizer(name: str | None, store: ActivationStore) -> Any:
+    """The tokenizer asked for, else the store's model's when that folder exists (else None, with a note)."""
+    if name is not None:
+        return load_tokenizer(name)
+    source = (store.manifest.source.get("models") or [None])[0]
+    if source and Path(source).is_dir():
+        try:
+            return load_tokenizer(source)
+        except ConfigError as err:
+            print(f"sdlkit: warning: {err}; tokens show as ids", file=sys.stderr)
+            return None
+    print(
+        f"sdlkit: note: no tokenizer (the store's model {source!r} is not a local folder); pass --tokenizer "
+        "to show token text",
+        file=sys.stderr,
+    )
+    return None
+
+
+def _version() -> str:
+    from sdlkit import __version__
+
+    return __version__

@@ -1,0 +1,181 @@
+"""Write the feature browser: a static site that opens from the file system (no server, no CDN).
+
+    DIR/index.html            the latents: frequency, max, mean activation, top tokens, nearest class mean;
+                              sortable by any column, searchable
+    DIR/latent.html#ID        one latent: top activating contexts with per-token highlighting, activation
+                              histogram, nearest latents by decoder cosine, labels of the rows it fires on
+    DIR/data/meta.js          what was browsed (run, store, labels, options)
+    DIR/data/index.js         the index's columns
+    DIR/data/latents/N.js     one file per latent that fired (pages load them with <script>, which
+                              file:// allows where fetch() is refused)
+    DIR/assets/               the pages' CSS and JavaScript (copied from sdlkit/browse/assets)
+
+Data files assign JSON to window.SDL_*; the pages build the DOM with textContent only, so a token
+string is never parsed as HTML.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdlkit.browse.scan import LatentScan
+
+ASSETS = Path(__file__).parent / "assets"
+PAGES = ("index.html", "latent.html")
+NEIGHBOURS = 8
+"""Nearest latents by decoder cosine shown per latent."""
+CLASSES_SHOWN = 3
+LABELS_SHOWN = 12
+TOP_TOKENS = 6
+
+
+def _js(path: Path, name: str, value: Any) -> None:
+    """Write `window.<name> = <json>;` (compact, UTF-8)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    path.write_text(f"window.{name}={text};\n", encoding="utf-8")
+
+
+def _round(values: torch.Tensor, digits: int = 4) -> list[float]:
+    """Values as floats with `digits` significant digits (keeps the data files small)."""
+    return [float(f"{v:.{digits}g}") for v in values.tolist()]
+
+
+def nearest_latents(W_D: torch.Tensor, k: int = NEIGHBOURS, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each latent, the k other latents whose decoder columns are closest in cosine: (ids [L, k] int64,
+    cosines [L, k]), computed `chunk` latents at a time ([chunk, L] similarities, never [L, L])."""
+    W = torch.nn.functional.normalize(W_D.detach().float(), dim=0)
+    L = W.shape[1]
+    k = min(k, L - 1)
+    ids, cos = [], []
+    for lo in range(0, L, chunk):
+        sims = W[:, lo : lo + chunk].T @ W  # [c, L]
+        rows = torch.arange(sims.shape[0])
+        sims[rows, rows + lo] = -2.0  # never its own neighbour
+        best = sims.topk(k, dim=1)
+        ids.append(best.indices)
+        cos.append(best.values)
+    return torch.cat(ids), torch.cat(cos)
+
+
+def nearest_classes(directions: torch.Tensor, class_means: torch.Tensor, present: torch.Tensor, k: int = CLASSES_SHOWN):
+    """Cosines of each latent's direction (columns of `directions` [n, L]) with each present class mean
+    (rows of `class_means` [C, n]): the k best (class ids [L, k], cosines [L, k])."""
+    D = torch.nn.functional.normalize(directions.detach().double(), dim=0)
+    M = torch.nn.functional.normalize(class_means.double(), dim=1)
+    sims = (M @ D).T  # [L, C]
+    sims[:, ~present] = -2.0
+    best = sims.topk(min(k, int(present.sum())), dim=1)
+    return best.indices, best.values.float()
+
+
+def write_site(
+    out: Path,
+    scan: LatentScan,
+    W_D: torch.Tensor,
+    strings: dict[int, str],
+    meta: dict[str, Any],
+    labels: list[str] | None,
+    anchored: int = 0,
+) -> int:
+    """Write the site into `out` (which must be empty or absent); returns the number of latent pages."""
+    (out / "data" / "latents").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ASSETS, out / "assets", dirs_exist_ok=True, ignore=shutil.ignore_patterns(*PAGES))
+    for page in PAGES:
+        shutil.copy(ASSETS / page, out / page)
+    L = scan.count.shape[0]
+    live = (scan.count > 0).nonzero().squeeze(1).tolist()
+    neighbour_ids, neighbour_cos = nearest_latents(W_D)
+    classes = cos = None
+    if scan.class_means is not None and scan.label_rows is not None and W_D.shape[0] == scan.class_means.shape[1]:
+        classes, cos = nearest_classes(W_D, scan.class_means, scan.label_rows > 0)
+    top_tokens = _top_tokens(scan, strings)
+    index = {
+        "freq": _round(scan.frequency),
+        "max": _round(scan.max),
+        "mean": _round(scan.mean_active),
+        "tokens": [" · ".join(t for t, _ in top_tokens[i][:3]) for i in range(L)],
+        "cls": classes[:, 0].tolist() if classes is not None else None,
+        "cos": _round(cos[:, 0], 3) if cos is not None else None,
+    }
+    _js(out / "data" / "meta.js", "SDL_META", {**meta, "labels": labels, "anchored": anchored, "n_latents": L})
+    _js(out / "data" / "index.js", "SDL_INDEX", index)
+    columns = _per_latent_columns(scan)
+    for i in live:
+        page = {
+            "id": i,
+            "count": int(scan.count[i]),
+            "freq": index["freq"][i],
+            "max": index["max"][i],
+            "mean": index["mean"][i],
+            "hist": columns["hist"][i],
+            "near": [[a, b] for a, b in zip(neighbour_ids[i].tolist(), _round(neighbour_cos[i], 3), strict=True)],
+            "tokens": top_tokens[i],
+            "examples": _examples(scan, i, strings, columns),
+        }
+        if classes is not None and cos is not None:
+            page["classes"] = [[a, b] for a, b in zip(classes[i].tolist(), _round(cos[i], 3), strict=True)]
+        if scan.label_counts is not None:
+            counts = scan.label_counts[i]
+            top = counts.topk(min(LABELS_SHOWN, counts.shape[0]))
+            page["labels"] = [[a, b] for a, b in zip(top.indices.tolist(), top.values.tolist(), strict=True) if b > 0]
+        _js(out / "data" / "latents" / f"{i}.js", "SDL_LATENT", page)
+    return len(live)
+
+
+def _per_latent_columns(scan: LatentScan) -> dict[str, list]:
+    """The scan's tensors as nested lists indexed [latent][...] (one conversion each, not one per latent)."""
+    return {
+        "hist": scan.hist.tolist(),
+        "values": scan.top_values.T.tolist(),
+        "samples": scan.top_samples.T.tolist(),
+        "labels": scan.top_labels.T.tolist() if scan.top_labels is not None else None,
+        "acts": scan.context_acts.permute(1, 0, 2).tolist(),
+        "ids": scan.context_tokens.permute(1, 0, 2).tolist(),
+    }
+
+
+def _examples(scan: LatentScan, i: int, strings: dict[int, str], columns: dict[str, list]) -> list[dict[str, Any]]:
+    """The latent's top rows: activation v, sample s, label l, context tokens t with codes a, the top row at c."""
+    examples = []
+    centre = (scan.context_tokens.shape[2] - 1) // 2
+    for j, value in enumerate(columns["values"][i]):
+        if value <= 0:
+            break
+        ids, acts = columns["ids"][i][j], columns["acts"][i][j]
+        keep = [p for p, token in enumerate(ids) if token >= 0] or [centre]
+        example = {
+            "v": float(f"{value:.4g}"),
+            "s": columns["samples"][i][j],
+            "t": [strings.get(ids[p], "") if ids[p] >= 0 else "" for p in keep],
+            "a": [float(f"{acts[p]:.3g}") for p in keep],
+            "c": keep.index(centre) if centre in keep else 0,
+        }
+        if columns["labels"] is not None:
+            example["l"] = columns["labels"][i][j]
+        examples.append(example)
+    return examples
+
+
+def _top_tokens(scan: LatentScan, strings: dict[int, str]) -> list[list[tuple[str, int]]]:
+    """Per latent, the display strings of the tokens at its top rows, most frequent first (ties: the order
+    of the top rows), at most TOP_TOKENS, as (string, count)."""
+    centre = (scan.context_tokens.shape[2] - 1) // 2
+    ids = scan.context_tokens[:, :, centre].T  # [L, K]
+    K = ids.shape[1]
+    same = (ids[:, :, None] == ids[:, None, :]) & (ids[:, :, None] >= 0)  # [L, K, K]
+    counts = same.sum(2)  # [L, K]: how often the token at slot j occurs among the top rows
+    earlier = torch.ones(K, K, dtype=torch.bool).tril(-1)  # [j, j']: j' < j
+    first = ~(same & earlier).any(2) & (ids >= 0)  # slot j holds the token's first occurrence
+    score = torch.where(first, counts * (K + 1) + (K - torch.arange(K)), 0)
+    best = score.topk(min(TOP_TOKENS, K), dim=1)
+    chosen_ids, chosen_counts = ids.gather(1, best.indices).tolist(), counts.gather(1, best.indices).tolist()
+    keep = (best.values > 0).tolist()
+    return [
+        [(strings.get(t, f"#{t}").strip() or "␣", n) for t, n, k in zip(tr, cr, kr, strict=True) if k]
+        for tr, cr, kr in zip(chosen_ids, chosen_counts, keep, strict=True)
+    ]

@@ -1,0 +1,142 @@
+"""The feature browser end to end on a tiny random BERT built from a config (nothing downloaded):
+harvest -> train -> browse through the command line, the pages' data against independent computations,
+the pages rendered by headless Chromium (skipped where it is not installed), and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("transformers")
+
+import sdlkit
+from hf_tiny import TEXTS, one_thread, tiny_bert  # noqa: F401 (one_thread: autouse fixture)
+from sdlkit.cli import main
+from sdlkit.store import ActivationStore
+
+
+def read_js(path: Path) -> dict:
+    """The JSON a data file assigns to window.SDL_*."""
+    text = path.read_text(encoding="utf-8")
+    return json.loads(text[text.index("=") + 1 : text.rstrip().rindex(";")])
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> dict[str, Path]:
+    """harvest -> train (TopK, 2 class-mean anchors) -> browse, through the command line."""
+    root = tmp_path_factory.mktemp("path")
+    bert = tiny_bert(root / "bert")
+    data = root / "docs.jsonl"
+    labels = ["animals", "places", "colours"]
+    data.write_text("".join(json.dumps({"text": t, "label": labels[i % 3]}) + "\n" for i, t in enumerate(TEXTS * 2)))
+    store = root / "store"
+    harvest = ["harvest", "--model", str(bert), "--modules", "encoder.layer.1", "--data", str(data)]
+    assert main([*harvest, "--label-column", "label", "--out", str(store), "--device", "cpu", "--no-progress"]) == 0
+    config = root / "run.yaml"
+    values = {
+        "data": {"store": str(store), "eval_rows": 40, "normalize": True},
+        "model": {"n_latents": 48, "method": {"name": "topk", "k": 4}},
+        "train": {"steps": 60, "batch_size": 64, "lr": 3e-3, "progress": False},
+    }
+    config.write_text(yaml.safe_dump(values))
+    assert (
+        main(
+            ["train", "--config", str(config), "--out", str(root / "run"), "--anchors-from", "labels", "--anchors", "2"]
+        )
+        == 0
+    )
+    out = root / "site"
+    assert (
+        main(["browse", str(root / "run"), "--store", str(store), "--out", str(out), "--no-progress", "--top-k", "5"])
+        == 0
+    )
+    return {"root": root, "bert": bert, "store": store, "run": root / "run", "out": out}
+
+
+def test_browse_writes_every_fired_latent_with_its_contexts(site):
+    out = site["out"]
+    meta, index = read_js(out / "data" / "meta.js"), read_js(out / "data" / "index.js")
+    assert meta["n_latents"] == 48 and meta["anchored"] == 2 and meta["labels"] == ["animals", "colours", "places"]
+    store = ActivationStore(site["store"])
+    assert meta["rows"] == store.rows and sum(meta["label_rows"]) == store.rows
+    pages = sorted(int(p.stem) for p in (out / "data" / "latents").glob("*.js"))
+    assert pages == [i for i, f in enumerate(index["freq"]) if f > 0] and len(pages) > 10
+    rows = store.read_rows(0, store.rows)
+    model = sdlkit.load(site["run"])
+    with torch.no_grad():
+        codes = model.eval().encode(rows["encoder.layer.1"])
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(site["bert"])
+    for latent in pages[:6]:
+        page = read_js(out / "data" / "latents" / f"{latent}.js")
+        assert page["count"] == int((codes[:, latent] > 0).sum())
+        assert page["max"] == pytest.approx(float(codes[:, latent].max()), rel=1e-3)
+        assert sum(page["hist"]) == page["count"] and len(page["near"]) == 8
+        assert 0 < len(page["examples"]) <= 5
+        for example in page["examples"]:
+            focus = example["t"][example["c"]]
+            assert example["a"][example["c"]] == pytest.approx(example["v"], rel=1e-2)
+            matches = (rows["sample"] == example["s"]) & ((codes[:, latent] - example["v"]).abs() < 1e-3 * example["v"])
+            row = int(matches.nonzero()[0, 0])  # the top row itself, found independently
+            piece = tokenizer.convert_ids_to_tokens([int(rows["token"][row])])[0]
+            assert focus == (piece[2:] if piece.startswith("##") else " " + piece)
+            assert example["l"] == int(rows["label"][row])
+    summary = (out / "index.html").read_text()
+    assert "http" not in summary.replace("http://www.w3.org", "")  # no CDN, no server
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def render(url: str) -> tuple[str, list[str]]:
+    """The DOM headless Chromium builds for `url` (scripts run, 5 s of virtual time) and its console lines."""
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--log-level=0",
+         "--virtual-time-budget=5000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout, [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
+def test_pages_render_in_headless_chromium(site):
+    out = site["out"]
+    index = read_js(out / "data" / "index.js")
+    live = [i for i, f in enumerate(index["freq"]) if f > 0]
+    dom, console = render((out / "index.html").resolve().as_uri())
+    assert console == []  # the pages log nothing, so any console line is an error
+    entries = re.findall(r'<tr class="latent" data-id="(\d+)"', dom)
+    assert sorted(map(int, entries)) == live  # every latent that fired, none that did not (hidden by default)
+    assert f'href="latent.html#{live[0]}"' in dom and "⚓" in dom
+    latent = live[0]
+    page = read_js(out / "data" / "latents" / f"{latent}.js")
+    dom, console = render((out / "latent.html").resolve().as_uri() + f"#{latent}")
+    assert console == []
+    assert f"Latent {latent}" in dom and dom.count('class="example"') == len(page["examples"])
+    assert dom.count('class="tok focus"') == len(page["examples"])  # each context marks its top token
+    assert "background-color: rgb" in dom and "<svg" in dom  # highlighted tokens, the histogram
+    dom, console = render((out / "latent.html").resolve().as_uri() + "#100000")
+    assert console == [] and "No latent chosen" in dom
+
+
+def test_browse_refuses_bad_input(site, capsys):
+    run, store, out = site["run"], site["store"], site["out"]
+    assert main(["browse", str(run), "--store", str(store), "--out", str(out), "--no-progress"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    mine = site["root"] / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert main(["browse", str(run), "--store", str(store), "--out", str(mine), "--overwrite", "--no-progress"]) == 2
+    assert "not a browser folder" in capsys.readouterr().err and (mine / "notes.txt").exists()
+    assert main(["browse", str(run), "--store", str(store), "--out", str(mine / "x"), "--top-k", "0"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sdlkit: error")]
+    assert len(errors) == 1 and "--top-k" in errors[0]
