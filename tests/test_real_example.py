@@ -57,6 +57,9 @@ def test_real_example_end_to_end(tmp_path):
     for heading in ("| Method", "| TopK SAE", "| + FA", "| anchors only (30 class means)", "| chance (48 random"):
         assert heading in report
     assert "## What transfers from the paper's claim" in report and "**Token activations**" in report
+    anchored = results["timings"]["anchored_latents"]  # App. H: the anchored latents of the four scanned runs
+    assert [run for _, run, _ in anchored] == ["TopK + FA", "TopK + FA", "BatchTopK + FA", "Matryoshka + FA"]
+    assert all(0 <= a["top_label"] <= 1 and a["anchored_frequency"] > 0 for _, _, a in anchored)
 
     # the anchors-only reference, independently: unit class means of the training rows; each of the 4 scored
     # classes takes its best cosine with the 30 anchored ones

@@ -33,9 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import build_corpus
 
-from sdlkit.browse import LatentScan, build_browser
+from sdlkit.browse import LatentScan, ScanOptions, build_browser, scan_store
 from sdlkit.cli import main as sdlkit
+from sdlkit.experiments.label_recovery import anchor_specificity
 from sdlkit.experiments.label_table import Table2, table2, table2_markdown, verdicts
+from sdlkit.io import load
+from sdlkit.store import ActivationStore
 
 METHODS = {
     "TopK": {"name": "topk"},
@@ -78,6 +81,12 @@ def harvest(model: Path, module: str, corpus: Path, store: Path, batch_size: int
         raise SystemExit(f"harvest of {module} failed")
     data = json.loads(manifest.read_text())
     return {"rows": data["rows"], "samples": data["progress"]["next_sample"], "seconds": time.perf_counter() - began}
+
+
+def class_ids(store: Path, result: Table2) -> list[int]:
+    """The store's label ids of the anchored classes, in anchor order."""
+    labels = ActivationStore(store).labels or []
+    return [labels.index(name) for name in result.anchored_classes]
 
 
 def methods(k: int) -> dict[str, dict]:
@@ -124,12 +133,21 @@ def run(args: argparse.Namespace) -> str:
     print(f"sdlkit browse {browsed} --store {token_store} --out {out / 'browser'}", flush=True)
     scan = build_browser(browsed, token_store, out / "browser", device=args.device, overwrite=True)["scan"]
     browse_seconds = time.perf_counter() - began
+    anchored = [("token rows", "TopK + FA", anchored_latents(scan, class_ids(token_store, tokens)))]
+    for label, method in METHODS.items():  # the sentence store is small: scan each anchored run
+        run_dir = out / "runs" / "sentences" / f"{method['name']}-fa"
+        found = scan_store(
+            load(run_dir), ActivationStore(sentence_store), [SENTENCE_MODULE], ScanOptions(progress=False)
+        )
+        anchored.append(
+            ("sentence embeddings", f"{label} + FA", anchored_latents(found, class_ids(sentence_store, sentences)))
+        )
     print("6/6 report", flush=True)
     timings = {
         "token_harvest": token_harvest,
         "sentence_harvest": sentence_harvest,
         "browse_seconds": browse_seconds,
-        "browsed": browser_summary(scan, tokens.settings["anchors"]),
+        "anchored_latents": anchored,
         "total_seconds": time.perf_counter() - started,
         "load_average": (load_before, os.getloadavg()),
     }
@@ -175,40 +193,46 @@ def describe_model(folder: Path) -> str:
     return f"{folder} ({shape})"
 
 
-def browser_summary(scan: LatentScan, anchors: int) -> dict:
-    """How the browsed run's anchored latents differ from its others: firing frequency and label lift (the
-    largest share of a label among the rows a latent fires on, over that label's share of all rows)."""
-    freq = scan.frequency
-    lift = torch.zeros(len(freq))
-    if scan.label_counts is not None and scan.label_rows is not None:
-        share = scan.label_counts.double() / scan.count.clamp(min=1)[:, None].double()
-        base = scan.label_rows.double() / max(int(scan.label_rows.sum()), 1)
-        lift = (share / base.clamp(min=1e-12)).max(dim=1).values
+def anchored_latents(scan: LatentScan, classes: list[int]) -> dict:
+    """How an anchored run's latents 0..k-1 (anchored to `classes`) behave on its store: how often they fire
+    against the other latents, and whether they fire on their own class (label_recovery.anchor_specificity)."""
+    k = len(classes)
     fired = scan.count > 0
-    others = fired.clone()
-    others[:anchors] = False
+    fired[:k] = False
+    assert scan.label_counts is not None and scan.label_rows is not None
     return {
-        "anchored_frequency_mean": float(freq[:anchors].mean()),
-        "other_frequency_mean": float(freq[others].mean()),
-        "other_frequency_median": float(freq[others].median()),
-        "anchored_lift_median": float(lift[:anchors].median()),
-        "other_lift_median": float(lift[others].median()),
+        "anchored_frequency": float(scan.frequency[:k].mean()),
+        "other_frequency": float(scan.frequency[fired].mean()),
+        **anchor_specificity(scan.label_counts, scan.count, scan.label_rows, classes),
     }
 
 
-def anchored_reading(browsed: dict) -> str:
-    """What the anchored latents' frequency and label lift say, decided by the numbers."""
-    dense = browsed["anchored_frequency_mean"] > 5 * browsed["other_frequency_mean"]
-    unspecific = browsed["anchored_lift_median"] < browsed["other_lift_median"]
-    if dense and unspecific:
-        return (
-            "Pulled to nearly parallel class means, the anchored latents became dense latents of the common "
-            "direction, not detectors of their classes (compare the paper's App. H, where anchored CLIP latents "
-            "look monosemantic)."
+def specificity_table(rows: list[tuple[str, str, dict]]) -> str:
+    """Markdown: one line per (store, run) with anchored_latents' figures."""
+    head = "| store | run | anchored latents fire on | other latents | own class is the top label "
+    lines = [head + "| own-class share (base) | lift |", "|---|---|---:|---:|---:|---:|---:|"]
+    for store, run, a in rows:
+        lines.append(
+            f"| {store} | {run} | {100 * a['anchored_frequency']:.1f}% | {100 * a['other_frequency']:.2f}% | "
+            f"{100 * a['top_label']:.0f}% | {100 * a['precision']:.1f}% ({100 * a['base_rate']:.1f}%) "
+            f"| ×{a['lift']:.1f} |"
         )
-    if unspecific:
-        return "The anchored latents are less label-specific than the others."
-    return "The anchored latents are at least as label-specific as the others."
+    return "\n".join(lines)
+
+
+def specificity_reading(rows: list[tuple[str, str, dict]]) -> str:
+    """One sentence per store, decided by the numbers: are the anchored latents detectors of their classes?"""
+    out = []
+    for store in dict.fromkeys(r[0] for r in rows):
+        mine = [a for s, _, a in rows if s == store]
+        top = sum(a["top_label"] for a in mine) / len(mine)
+        dense = sum(a["anchored_frequency"] / max(a["other_frequency"], 1e-12) for a in mine) / len(mine)
+        verdict = "mostly fire on their own class" if top >= 0.5 else "do not single out their own class"
+        out.append(
+            f"On {store} the anchored latents {verdict} (it is the top label of {100 * top:.0f}% of them) and fire "
+            f"{dense:.0f}× as often as the other latents."
+        )
+    return " ".join(out)
 
 
 def write_report(out: Path, args, model: Path, corpus: dict, sentences: Table2, tokens: Table2, timings: dict) -> str:
@@ -223,7 +247,6 @@ def write_report(out: Path, args, model: Path, corpus: dict, sentences: Table2, 
         else f"{corpus['file']}"
     )
     load0, load1 = timings["load_average"]
-    browsed = timings["browsed"]
     text = f"""# Table 2 on a real pretrained transformer: all-MiniLM-L6-v2 on Python's documentation
 
 Model: {describe_model(model)}. Corpus: {corpus_line}.
@@ -268,10 +291,16 @@ classes): a label says little about a single token.
 
 `sdlkit browse {out}/runs/tokens/topk-fa --store {out}/stores/tokens --out {out}/browser`: open
 `{out}/browser/index.html` (built in {timings["browse_seconds"]:.0f} s). Latents 0–29 are the anchored ones.
-They fire on {100 * browsed["anchored_frequency_mean"]:.1f}% of the token rows on average (the other latents:
-mean {100 * browsed["other_frequency_mean"]:.2f}%, median {100 * browsed["other_frequency_median"]:.2f}%), and the
-rows they fire on carry a label at a median lift of ×{browsed["anchored_lift_median"]:.1f} over its base rate
-(other latents: ×{browsed["other_lift_median"]:.1f}). {anchored_reading(browsed)}
+
+## Do anchored latents detect their classes? (the paper's App. H reads anchored CLIP latents as monosemantic)
+
+For the anchored runs, latent i < 30 is anchored to class c_i: how often it fires, whether c_i is the most
+frequent label of the rows it fires on, and the share of those rows that carry c_i against c_i's share of all
+rows (lift = the ratio).
+
+{specificity_table(timings["anchored_latents"])}
+
+{specificity_reading(timings["anchored_latents"])}
 
 ## Reproduce
 

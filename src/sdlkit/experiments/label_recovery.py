@@ -101,3 +101,24 @@ def class_mean_geometry(truth: KnownDirections, anchored: list[int]) -> dict[str
         "nearest_anchor_cos_mean": float(nearest_anchor.mean()),
         "covered_by_an_anchor": float((nearest_anchor > TAU).double().mean()),
     }
+
+
+def anchor_specificity(label_counts: torch.Tensor, counts: torch.Tensor, label_rows: torch.Tensor, anchored: list[int]):
+    """Do anchored latents fire on their own class (the paper's App. H reading)? Latent i (i < k) is anchored to
+    class anchored[i]. From a scan's rows-fired-on by label `label_counts` [L, C], firing counts `counts` [L]
+    and rows per label `label_rows` [C]: the mean share of an anchored latent's rows that carry its class
+    (`precision`), that share over the class's base rate (`lift`), and the share of anchored latents whose
+    most frequent label is their class (`top_label`)."""
+    k = len(anchored)
+    own = torch.as_tensor(anchored)
+    fired = counts[:k].clamp(min=1).double()
+    precision = label_counts[torch.arange(k), own].double() / fired
+    base = label_rows[own].double() / label_rows.sum().double()
+    top = label_counts[:k].argmax(dim=1) == own
+    alive = counts[:k] > 0
+    return {
+        "precision": float(precision[alive].mean()) if alive.any() else 0.0,
+        "lift": float((precision / base)[alive].mean()) if alive.any() else 0.0,
+        "top_label": float(top[alive].double().mean()) if alive.any() else 0.0,
+        "base_rate": float(base.mean()),
+    }
