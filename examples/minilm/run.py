@@ -227,7 +227,7 @@ def specificity_reading(rows: list[tuple[str, str, dict]]) -> str:
         mine = [a for s, _, a in rows if s == store]
         top = sum(a["top_label"] for a in mine) / len(mine)
         dense = sum(a["anchored_frequency"] / max(a["other_frequency"], 1e-12) for a in mine) / len(mine)
-        verdict = "mostly fire on their own class" if top >= 0.5 else "do not single out their own class"
+        verdict = "mostly fire on their own class" if top > 0.5 else "do not mostly single out their own class"
         out.append(
             f"On {store} the anchored latents {verdict} (it is the top label of {100 * top:.0f}% of them) and fire "
             f"{dense:.0f}× as often as the other latents."
