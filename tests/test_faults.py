@@ -198,7 +198,18 @@ def test_harvest_resume_refuses_data_that_changed(tmp_path, capsys, monkeypatch)
     data.write_text("\n".join(TEXTS) + "\n")
 
     def harvest(store: Path, *extra: str) -> list:
-        options = ["--batch-size", "4", "--shard-rows", "8", "--no-progress", "--device", "cpu", *extra]
+        options = [
+            "--batch-size",
+            "4",
+            "--sort-window",
+            "1",
+            "--shard-rows",
+            "8",
+            "--no-progress",
+            "--device",
+            "cpu",
+            *extra,
+        ]
         return ["harvest", "--model", model, "--modules", "transformer.h.0", "--data", data, "--out", store, *options]
 
     save_file = sdlkit.io.save_file
