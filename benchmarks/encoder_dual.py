@@ -18,9 +18,9 @@ from pathlib import Path
 import sdlkit
 from sdlkit.config import run_config
 from sdlkit.data import build_source
-from sdlkit.experiments.bench import BenchSpec, plan_runs
-from sdlkit.experiments.bench.scoring import encoder_geometry
-from sdlkit.recovery import dictionary_recovery
+from sdlkit.eval.recovery import dictionary_recovery
+from sdlkit.paper.bench import BenchSpec, plan_runs
+from sdlkit.paper.bench.scoring import encoder_geometry
 from sdlkit.report import plot_xy
 from sdlkit.train import Trainer
 from sdlkit.train.checkpoint import list_checkpoints

@@ -3,14 +3,14 @@
 Every library trains a TopK SAE (512 latents, k = 6 at the quick scale) on exactly the same batches
 (`LRBSource.batch(i, batch)` for i = 0, 1, ...), so samples seen are equal. Every `--every` steps the
 script scores encoder rows W_E [n_latents, n_in] and decoder columns W_D [n_out, n_latents] against
-the ground truth W_p (sdlkit.recovery: M_GT at τ = 0.95 and M_IP), and records how far the encoder
+the ground truth W_p (sdlkit.eval.recovery: M_GT at τ = 0.95 and M_IP), and records how far the encoder
 rows have turned from their initial directions and the share of latents alive. At the end: FVU on
 the held-out eval set (4,096 rows), and dead latents under two definitions, the same code for every
 library: `never_fired_eval` (silent on every eval row) and `dead_window` (no firing in the last
 `--dead-window` training steps, sdlkit's bench window of 100 batches).
 
 What each row runs (each library's own model class and training step):
-- sdlkit: `Trainer` with the bench's TopK config (sdlkit.experiments.bench.plan_runs: lr, warm-up
+- sdlkit: `Trainer` with the bench's TopK config (sdlkit.paper.bench.plan_runs: lr, warm-up
   5%, dead window 100 batches; everything else the library defaults), stepped batch by batch.
   `--sdlkit-set key=value` overrides any run-config field. sdlkit-before: the same with
   `model.init_encoder_norm=1.0`, sdlkit's TopK initialisation before this benchmark.
@@ -47,8 +47,8 @@ import torch
 from scipy.stats import poisson
 
 from sdlkit.config import run_config
-from sdlkit.data.lrb import LRBSource, lrb_preset
-from sdlkit.recovery import best_match, gt_recovery, max_inner_product
+from sdlkit.data.lrb.source import LRBSource, lrb_preset
+from sdlkit.eval.recovery import best_match, gt_recovery, max_inner_product
 from sdlkit.train import Trainer
 from sdlkit.train.trainer import lr_factor
 
@@ -71,7 +71,7 @@ class SdlkitRun:
         values = {
             "data": {"preset": "quick", "frame": args.frame_name, "seed": args.data_seed},
             "model": {"n_latents": args.latents, "method": {"name": "topk", "k": args.k}},
-            "train": {  # as sdlkit.experiments.bench.plan_runs
+            "train": {  # as sdlkit.paper.bench.plan_runs
                 "steps": args.steps,
                 "batch_size": args.batch,
                 "lr": args.lr,
@@ -293,7 +293,7 @@ def recovery(run: Any, W_p: torch.Tensor) -> dict[str, float]:
 
 
 def final_metrics(run: Any, source: LRBSource) -> dict[str, float]:
-    """FVU = Σ‖x − x̂‖² / Σ‖x − x̄‖² on the eval set (as sdlkit.metrics), L0, never-fired fraction."""
+    """FVU = Σ‖x − x̂‖² / Σ‖x − x̄‖² on the eval set (as sdlkit.eval.metrics), L0, never-fired fraction."""
     x = source.eval_batch().x_p
     x_hat, fired = run.reconstruct(x)
     x64, err = x.double(), (x.double() - x_hat.double()).pow(2).sum()

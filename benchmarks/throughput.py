@@ -110,7 +110,7 @@ class GaussianSource:
 
 
 def has_kernel_field() -> bool:
-    from sdlkit.model import ModelConfig
+    from sdlkit.core.model import ModelConfig
 
     return "kernel" in ModelConfig.model_fields
 
@@ -177,8 +177,8 @@ def time_to_recovery(device: str, every: int, kernel: str, threshold: float = 0.
     import sdlkit
     from sdlkit.config import run_config
     from sdlkit.data import build_source
-    from sdlkit.experiments.bench import BenchSpec, plan_runs
-    from sdlkit.recovery import dictionary_recovery
+    from sdlkit.eval.recovery import dictionary_recovery
+    from sdlkit.paper.bench import BenchSpec, plan_runs
     from sdlkit.train.checkpoint import STATE_JSON, list_checkpoints
     from sdlkit.train.trainer import Trainer
 

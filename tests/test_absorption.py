@@ -14,10 +14,10 @@ import math
 import pytest
 import torch
 
-from sdlkit.absorption import absorption_rates
-from sdlkit.data.lrb import LRBConfig, LRBSource, lrb_preset
+from sdlkit.core.model import ModelConfig, SparseDictionary
+from sdlkit.data.lrb.source import LRBConfig, LRBSource, lrb_preset
 from sdlkit.errors import ConfigError
-from sdlkit.model import ModelConfig, SparseDictionary
+from sdlkit.eval.absorption import absorption_rates
 
 CHILD = 3  # the absorbed child c* (a child of parent 0)
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from sdlkit.activations import METHODS, method_config
-from sdlkit.activations.jumprelu import JumpReLU, step
-from sdlkit.activations.topk import BatchTopK, TopK
 from sdlkit.errors import ConfigError
+from sdlkit.methods import METHODS, method_config
+from sdlkit.methods.jumprelu import JumpReLU, step
+from sdlkit.methods.topk import BatchTopK, TopK
 
 EQ10_METHODS = ["relu", "jumprelu", "topk", "batchtopk", "matryoshka"]
 

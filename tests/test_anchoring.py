@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from sdlkit.anchoring import AnchorPenalty, Anchors, class_mean_anchors, ground_truth_anchors
+from sdlkit.core.model import ModelConfig, SparseDictionary
+from sdlkit.core.objective import TermContext
 from sdlkit.data import build_source
 from sdlkit.errors import ConfigError, ShapeError
-from sdlkit.model import ModelConfig, SparseDictionary
-from sdlkit.objective import TermContext
 from sdlkit.train import Trainer
+from sdlkit.train.anchoring import AnchorPenalty, Anchors, class_mean_anchors, ground_truth_anchors
 
 
 def test_penalty_is_eq_26_on_hand_built_weights():

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import sdlkit
-from sdlkit.cli import main
-from sdlkit.experiments.bench import ALL_ROWS, BenchSpec, plan_runs, recipe
-from sdlkit.experiments.bench import run as bench_module
+from sdlkit.cli.main import main
 from sdlkit.io import load_tensors
+from sdlkit.paper.bench import ALL_ROWS, BenchSpec, plan_runs, recipe
+from sdlkit.paper.bench import run as bench_module
 
 FIELDS = {
     "row",

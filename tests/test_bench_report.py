@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sdlkit.experiments.bench.report import _cell, compare, headline, method_yaml, verdict
-from sdlkit.experiments.paper_tables import TABLE1
+from sdlkit.paper.bench.report import _cell, compare, headline, method_yaml, verdict
+from sdlkit.paper.paper_tables import TABLE1
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import torch
 
 from sdlkit.browse import ScanOptions, scan_store
 from sdlkit.browse.site import nearest_latents
-from sdlkit.model import ModelConfig, SparseDictionary
+from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.store import ActivationStore, StoreWriter
 
 LABELS = ["a", "b", "c"]

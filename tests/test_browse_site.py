@@ -18,7 +18,7 @@ pytest.importorskip("transformers")
 
 import sdlkit
 from hf_tiny import TEXTS, one_thread, tiny_bert  # noqa: F401 (one_thread: autouse fixture)
-from sdlkit.cli import main
+from sdlkit.cli.main import main
 from sdlkit.store import ActivationStore
 
 

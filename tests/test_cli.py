@@ -13,7 +13,7 @@ import yaml
 
 import sdlkit
 from conftest import tiny_values
-from sdlkit.cli import main
+from sdlkit.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 
 import sdlkit
 from conftest import tiny_values
-from sdlkit.cli import main
+from sdlkit.cli.main import main
 from sdlkit.train.checkpoint import STATE_HASHES, STATE_JSON, STATE_TENSORS, list_checkpoints
 from test_store_training import class_store
 from test_store_training import values as store_values

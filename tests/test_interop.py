@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import sdlkit
+from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.errors import CheckpointError, ConfigError, SdlkitError
 from sdlkit.interop import export_checkpoint, import_checkpoint
-from sdlkit.model import ModelConfig, SparseDictionary
 
 N_IN, N_LATENTS = 12, 24
 METHODS = {

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import sdlkit
+from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.errors import CheckpointError
 from sdlkit.io import flatten_state, unflatten_state, write_folder_atomically
-from sdlkit.model import ModelConfig, SparseDictionary
 
 SPECS = [
     "relu",

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from sdlkit import model as model_module
 from sdlkit.config import run_config
+from sdlkit.core import model as model_module
+from sdlkit.core.kernels import SparsePattern, decode_entries, select_batch_topk, top_flat
+from sdlkit.core.model import ModelConfig, SparseDictionary
+from sdlkit.core.objective import L1Penalty, Objective, TermContext
 from sdlkit.data import build_source
 from sdlkit.errors import ConfigError
-from sdlkit.kernels import SparsePattern, decode_entries, select_batch_topk, top_flat
-from sdlkit.model import ModelConfig, SparseDictionary
-from sdlkit.objective import L1Penalty, Objective, TermContext
 from sdlkit.train.trainer import Trainer
 
 METHODS = {

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from sdlkit.data.features import make_feature_matrix, max_interference
-from sdlkit.data.lrb import PRESETS, LRBConfig, LRBSource, lrb_preset
+from sdlkit.data.lrb.features import make_feature_matrix, max_interference
+from sdlkit.data.lrb.source import LRB_PRESETS, LRBConfig, LRBSource, lrb_preset
 from sdlkit.data.source import Batch, DataSource
 from sdlkit.errors import ConfigError
 
@@ -276,7 +276,7 @@ def test_fixed_set_stored_sparsely() -> None:
 
 # ---------------------------------------------------------------- configs
 def test_presets() -> None:
-    assert set(PRESETS) >= {"paper", "quick", "tiny"}
+    assert set(LRB_PRESETS) >= {"paper", "quick", "tiny"}
     paper = lrb_preset("paper")
     assert (paper.n_features, paper.n_p, paper.S, paper.M, paper.n_samples) == (1000, 768, 0.99, 0.1, 100_000)
     quick = lrb_preset("quick")

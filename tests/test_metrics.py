@@ -2,9 +2,9 @@
 
 import torch
 
+from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.data import Batch
-from sdlkit.metrics import reconstruction_metrics
-from sdlkit.model import ModelConfig, SparseDictionary
+from sdlkit.eval.metrics import reconstruction_metrics
 
 
 def test_metrics_match_direct_computation_and_ignore_chunking():

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.errors import ConfigError, ShapeError
-from sdlkit.model import ModelConfig, SparseDictionary
 
 
 def make(n_in=12, n_latents=40, **kw) -> SparseDictionary:

@@ -2,9 +2,9 @@
 
 import torch
 
-from sdlkit.activations import method_config
-from sdlkit.model import ModelConfig, SparseDictionary
-from sdlkit.objective import AuxK, L1Penalty, Objective, PrefixReconstruction, TermContext, warmed_up
+from sdlkit.core.model import ModelConfig, SparseDictionary
+from sdlkit.core.objective import AuxK, L1Penalty, Objective, PrefixReconstruction, TermContext, warmed_up
+from sdlkit.methods import method_config
 
 
 def context(model, x, dead=None, step=0) -> TermContext:

@@ -11,7 +11,7 @@ import yaml
 pytest.importorskip("transformers")
 
 from hf_tiny import TEXTS, one_thread, tiny_lm  # noqa: F401 (one_thread: autouse fixture)
-from sdlkit.cli import main
+from sdlkit.cli.main import main
 from sdlkit.store import ActivationStore
 
 MLP_IN, MLP_OUT = "transformer.h.1.mlp:input", "transformer.h.1.mlp"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.errors import ConfigError, ShapeError
-from sdlkit.model import ModelConfig, SparseDictionary
-from sdlkit.recovery import (
+from sdlkit.eval.recovery import (
     best_match,
     dictionary_recovery,
     gt_recovery,

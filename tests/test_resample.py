@@ -2,8 +2,8 @@
 
 import torch
 
+from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.data import Batch
-from sdlkit.model import ModelConfig, SparseDictionary
 from sdlkit.train.resample import DeadLatents, resample_dead_latents
 
 

@@ -12,7 +12,8 @@ pytest.importorskip("transformers")
 
 from hf_tiny import TEXTS, one_thread, tiny_lm  # noqa: F401 (one_thread: autouse fixture)
 from sdlkit.errors import ConfigError, ShapeError
-from sdlkit.harvest import load_model, splice_metrics
+from sdlkit.eval.splice import splice_metrics
+from sdlkit.harvest import load_model
 
 BLOCKS = {"gpt2": "transformer.h", "llama": "model.layers"}
 

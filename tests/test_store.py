@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.data.source import DataSource
 from sdlkit.errors import ConfigError, StoreError
-from sdlkit.model import ModelConfig, SparseDictionary
 from sdlkit.store import (
     ActivationStore,
     StoreDataConfig,

@@ -10,13 +10,13 @@ import torch
 import yaml
 
 import sdlkit
-from sdlkit.cli import main
+from sdlkit.cli.main import main
 from sdlkit.config import run_config
 from sdlkit.data import build_source
 from sdlkit.data.directions import known_directions
 from sdlkit.errors import ConfigError
-from sdlkit.evaluate import evaluate_checkpoint
-from sdlkit.metrics import reconstruction_metrics
+from sdlkit.eval.evaluate import evaluate_checkpoint
+from sdlkit.eval.metrics import reconstruction_metrics
 from sdlkit.store import StoreWriter
 from sdlkit.train import Trainer
 

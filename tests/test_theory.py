@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdlkit.activations import method_config
-from sdlkit.activations.topk import TopK
-from sdlkit.data.features import make_feature_matrix
-from sdlkit.data.lrb import LRBConfig, LRBSource
+from sdlkit.data.lrb.features import make_feature_matrix
+from sdlkit.data.lrb.source import LRBConfig, LRBSource
 from sdlkit.errors import ConfigError
-from sdlkit.recovery import best_match, gt_recovery
-from sdlkit.theory import (
+from sdlkit.eval.recovery import best_match, gt_recovery
+from sdlkit.methods import method_config
+from sdlkit.methods.topk import TopK
+from sdlkit.paper.theory import (
     absorption_configuration,
     activation_pattern,
     approx_loss,

@@ -7,10 +7,10 @@ import torch
 import yaml
 
 import sdlkit
-from sdlkit.cli import main
-from sdlkit.data.lrb import LRBSource, lrb_preset
-from sdlkit.experiments.training_checks import absorption_check, resampling_check
-from sdlkit.model import ModelConfig, SparseDictionary
+from sdlkit.cli.main import main
+from sdlkit.core.model import ModelConfig, SparseDictionary
+from sdlkit.data.lrb.source import LRBSource, lrb_preset
+from sdlkit.paper.training_checks import absorption_check, resampling_check
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import torch
 
 import sdlkit
 from conftest import METHOD_SPECS, tiny_config
+from sdlkit.core.objective import TermContext
 from sdlkit.data import Batch, build_source
 from sdlkit.errors import CheckpointError, ConfigError, TrainingDiverged
-from sdlkit.metrics import reconstruction_metrics
-from sdlkit.objective import TermContext
+from sdlkit.eval.metrics import reconstruction_metrics
 from sdlkit.train import Trainer
 from sdlkit.train.trainer import METRICS_FILE, lr_factor
 

@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from network import train_network, write_image_folder
 
-from sdlkit.cli import main as sdlkit
+from sdlkit.cli.main import main as sdlkit
 from sdlkit.config import run_config
 from sdlkit.data import build_source
 from sdlkit.data.directions import known_directions
-from sdlkit.evaluate import evaluate_checkpoint
-from sdlkit.recovery import dictionary_recovery
+from sdlkit.eval.evaluate import evaluate_checkpoint
+from sdlkit.eval.recovery import dictionary_recovery
 from sdlkit.report import format_table
 from sdlkit.train import Trainer
 

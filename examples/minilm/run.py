@@ -7,7 +7,7 @@
 3. `sdlkit harvest` the token activations of the middle layer (`encoder.layer.2`: after 3 of 6 blocks) and
    the sentence embedding sentence-transformers uses (`encoder:unit-mean`: mean over the tokens, unit
    length; the analogue of the paper's pooled CLIP embedding) into OUT/stores/;
-4. the paper's Table 2 on both stores (sdlkit.experiments.label_table): TopK, BatchTopK and Matryoshka SAEs,
+4. the paper's Table 2 on both stores (sdlkit.paper.label_table): TopK, BatchTopK and Matryoshka SAEs,
    each without and with 30 class-mean anchors (λ_anchor = 1), scored on the class means not anchored;
 5. `sdlkit browse` the anchored TopK SAE on the token store into OUT/browser/ (open OUT/browser/index.html);
 6. OUT/report.md: the tables beside the paper's CLIP numbers, what transfers and what does not.
@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import build_corpus
 
 from sdlkit.browse import LatentScan, ScanOptions, build_browser, scan_store
-from sdlkit.cli import main as sdlkit
-from sdlkit.experiments.label_recovery import anchor_specificity
-from sdlkit.experiments.label_table import Table2, table2, table2_markdown, verdicts
+from sdlkit.cli.main import main as sdlkit
 from sdlkit.io import load
+from sdlkit.paper.label_recovery import anchor_specificity
+from sdlkit.paper.label_table import Table2, table2, table2_markdown, verdicts
 from sdlkit.store import ActivationStore
 
 METHODS = {

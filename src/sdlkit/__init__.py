@@ -5,10 +5,10 @@ model = sdlkit.load("runs/topk/")            # a checkpoint folder, or a run fol
 x_q = model.encode(x_p)                      # codes [batch, n_latents]
 """
 
-from sdlkit.activations import METHODS, method_config
+from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.errors import CheckpointError, ConfigError, SdlkitError, ShapeError, TrainingDiverged
 from sdlkit.io import load, save
-from sdlkit.model import ModelConfig, SparseDictionary
+from sdlkit.methods import METHODS, method_config
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 """`python -m sdlkit` is the `sdlkit` command."""
 
-from sdlkit.cli import main
+from sdlkit.cli.main import main
 
 raise SystemExit(main())

@@ -15,9 +15,9 @@ import torch
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from sdlkit.data.lrb import LRBConfig, lrb_preset
+from sdlkit.core.model import ModelConfig
+from sdlkit.data.lrb.source import LRBConfig, lrb_preset
 from sdlkit.errors import STRICT_CONFIG, ConfigError, describe_validation_error
-from sdlkit.model import ModelConfig
 from sdlkit.store.config import StoreDataConfig
 from sdlkit.store.format import read_manifest
 

@@ -256,7 +256,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Load the SparseDictionary saved at `path` (a checkpoint folder, or a run folder: its latest)."""
-    from sdlkit.model import ModelConfig, SparseDictionary
+    from sdlkit.core.model import ModelConfig, SparseDictionary
 
     folder = resolve_checkpoint(path)
     config = read_config(folder)

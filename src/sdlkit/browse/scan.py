@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from sdlkit.core.model import SparseDictionary
 from sdlkit.errors import ConfigError
-from sdlkit.model import SparseDictionary
 from sdlkit.store import ActivationStore
 from sdlkit.store.format import LABEL_KEY, POSITION_KEY, SAMPLE_KEY, TOKEN_KEY
 

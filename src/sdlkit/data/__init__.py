@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sdlkit.data.lrb import PRESETS, LRBConfig, LRBSource, lrb_preset
+from sdlkit.data.lrb.source import LRB_PRESETS, LRBConfig, LRBSource, lrb_preset
 from sdlkit.data.source import Batch, DataSource
 
 if TYPE_CHECKING:
@@ -22,4 +22,4 @@ def build_source(config: LRBConfig | StoreDataConfig, device: str | torch.device
     return LRBSource(config, device=device)
 
 
-__all__ = ["PRESETS", "Batch", "DataSource", "LRBConfig", "LRBSource", "build_source", "lrb_preset"]
+__all__ = ["LRB_PRESETS", "Batch", "DataSource", "LRBConfig", "LRBSource", "build_source", "lrb_preset"]

@@ -1,5 +1,5 @@
-"""Activations from real models (Hugging Face transformers, CLIP) into an activation store, and the splice
-evaluation (CE loss recovered, KL) of a dictionary put back into a language model.
+"""Activations from real models (Hugging Face transformers, CLIP) into an activation store, (the splice evaluation, a
+dictionary put back into a language model, is sdlkit.eval.splice).
 
     from sdlkit.harvest import harvest
     harvest("gpt2", "transformer.h.6", "texts.txt", "stores/gpt2-h6", max_rows=1_000_000)
@@ -11,7 +11,6 @@ are imported only when a model, an image or a Parquet file is actually read.
 from sdlkit.harvest.datasets import Dataset, open_dataset
 from sdlkit.harvest.models import LoadedModel, ModuleSpec, list_modules, load_model, module_table, parse_modules
 from sdlkit.harvest.run import check_store_matches_model, harvest
-from sdlkit.harvest.splice import splice_metrics
 
 __all__ = [
     "Dataset",
@@ -24,5 +23,4 @@ __all__ = [
     "module_table",
     "open_dataset",
     "parse_modules",
-    "splice_metrics",
 ]

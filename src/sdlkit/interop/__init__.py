@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from sdlkit.activations import MethodConfig, method_config
+from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.errors import CheckpointError, ConfigError
 from sdlkit.io import (
     check_replaceable,
@@ -37,7 +37,7 @@ from sdlkit.io import (
     write_folder_atomically,
     write_json,
 )
-from sdlkit.model import ModelConfig, SparseDictionary
+from sdlkit.methods import MethodConfig, method_config
 
 FORMATS = ("saelens", "sparsify")
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from sdlkit.core.model import SparseDictionary
 from sdlkit.errors import CheckpointError, ConfigError
 from sdlkit.interop import (
     Imported,
@@ -38,7 +39,6 @@ from sdlkit.interop import (
     torch_dtype_name,
 )
 from sdlkit.io import load_tensors
-from sdlkit.model import SparseDictionary
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from sdlkit.data.lrb import _derive_seed
 from sdlkit.data.source import Batch
 from sdlkit.errors import ConfigError, StoreError
 from sdlkit.io import sha256
+from sdlkit.seeding import derive_seed
 from sdlkit.store.config import StoreDataConfig
 from sdlkit.store.format import LABEL_KEY, SAMPLE_KEY, StoreManifest, check_shard, read_manifest, shard_fix
 
@@ -338,7 +338,7 @@ class StoreSource:
 
     # ----- epochs and windows -----------------------------------------------------------------------
     def _generator(self, *parts: object) -> torch.Generator:
-        return torch.Generator().manual_seed(_derive_seed(self.config.seed, "store", *parts))
+        return torch.Generator().manual_seed(derive_seed(self.config.seed, "store", *parts))
 
     def _layout(self, epoch: int) -> tuple[list[list[int]], list[int]]:
         """Epoch `epoch`: units of each window (in load order) and each window's end offset in the epoch."""

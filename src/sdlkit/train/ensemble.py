@@ -29,14 +29,14 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
-from sdlkit.activations import Activation
-from sdlkit.anchoring import Anchors
 from sdlkit.config import RunConfig
+from sdlkit.core.model import SparseDictionary, normalize_columns_, project_columns_
+from sdlkit.core.objective import Objective, TermContext
 from sdlkit.data.source import DataSource
 from sdlkit.errors import ConfigError, TrainingDiverged
-from sdlkit.metrics import reconstruction_metrics
-from sdlkit.model import SparseDictionary, normalize_columns_, project_columns_
-from sdlkit.objective import Objective, TermContext
+from sdlkit.eval.metrics import reconstruction_metrics
+from sdlkit.methods import Activation
+from sdlkit.train.anchoring import Anchors
 from sdlkit.train.checkpoint import list_checkpoints
 from sdlkit.train.trainer import Trainer, TrainResult, lr_factor
 

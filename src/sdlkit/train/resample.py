@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from sdlkit.core.model import SparseDictionary
 from sdlkit.data.source import Batch
-from sdlkit.model import SparseDictionary
 
 
 class DeadLatents:

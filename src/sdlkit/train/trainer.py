@@ -16,16 +16,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sdlkit.anchoring import AnchorPenalty, Anchors, apply_hard_anchors, ground_truth_anchors, zero_anchor_grads
 from sdlkit.config import RESAMPLE_SEED_OFFSET, RunConfig, TrainConfig
+from sdlkit.core.model import SparseDictionary, check_fits
+from sdlkit.core.objective import Objective, Term, TermContext
 from sdlkit.data.directions import known_directions
 from sdlkit.data.source import Batch, DataSource
 from sdlkit.errors import CheckpointError, ConfigError, ShapeError, TrainingDiverged
+from sdlkit.eval.metrics import reconstruction_metrics
 from sdlkit.io import clean_interrupted_writes, load_weights, mark_folder, write_text, write_text_atomically
-from sdlkit.metrics import reconstruction_metrics
-from sdlkit.model import SparseDictionary, check_fits
-from sdlkit.objective import Objective, Term, TermContext
 from sdlkit.store.normalize import fold_scales
+from sdlkit.train.anchoring import AnchorPenalty, Anchors, apply_hard_anchors, ground_truth_anchors, zero_anchor_grads
 from sdlkit.train.checkpoint import (
     RESUMABLE_CHANGES,
     STATE_JSON,

@@ -1,6 +1,0 @@
-"""σ registry. Importing this package registers every built-in method."""
-
-from sdlkit.activations import gated, jumprelu, matryoshka, relu, topk  # noqa: F401  (registration)
-from sdlkit.activations.base import METHODS, Activation, AuxKConfig, MethodConfig, method_config, register_method
-
-__all__ = ["METHODS", "Activation", "AuxKConfig", "MethodConfig", "method_config", "register_method"]

@@ -1,0 +1,1 @@
+"""The core: the model (SparseDictionary), the objective's terms and the sparse TopK kernels."""

@@ -1,0 +1,1 @@
+"""Evaluation: reconstruction metrics, ground-truth recovery, absorption, store evaluation and splicing."""

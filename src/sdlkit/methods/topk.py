@@ -1,0 +1,105 @@
+"""TopK (Makhzani & Frey 2014; Gao et al. 2024) and BatchTopK (Bussmann et al. 2024)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from sdlkit.core.kernels import Chunks, SparsePattern, select_above, select_batch_topk, select_topk
+from sdlkit.methods.base import Activation, AuxKConfig, MethodConfig, check_k, register_method
+
+
+def topk_per_sample(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest entries of each row, then ReLU: exactly min(k, #positive) non-zeros a row."""
+    values, indices = z.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(z).scatter(-1, indices, values.relu())
+
+
+class TopK(Activation):
+    """σ(z) = ReLU(TopK_k(z)) per sample (paper eq. 7)."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return topk_per_sample(z, self.k)
+
+    def select(self, chunks: Chunks, n_rows: int) -> tuple[SparsePattern, torch.Tensor]:
+        return select_topk(chunks, self.k)
+
+
+class BatchTopK(Activation):
+    """Training: keep the k·B largest entries of the whole batch (samples get different L0s).
+    Inference: σ(z)_i = z_i · 1[z_i > θ] with θ the running mean of the smallest kept value, so a
+    sample's code does not depend on the rest of its batch (Bussmann et al. 2024)."""
+
+    def __init__(self, k: int, threshold_momentum: float = 0.99):
+        super().__init__()
+        self.k = k
+        self.threshold_momentum = threshold_momentum
+        self.register_buffer("threshold", torch.zeros(()))
+        self.register_buffer("threshold_initialised", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return z * (z > self.threshold.clamp_min(0))
+        flat = z.reshape(-1)
+        values, indices = flat.topk(min(self.k * z.shape[0], flat.numel()), sorted=False)
+        values = values.relu()
+        self._update_threshold(values.detach())
+        return torch.zeros_like(flat).scatter(0, indices, values).reshape(z.shape)
+
+    def select(self, chunks: Chunks, n_rows: int) -> tuple[SparsePattern, torch.Tensor]:
+        if not self.training:
+            return select_above(chunks, self.threshold.clamp_min(0))
+        pattern, pre = select_batch_topk(chunks, self.k * n_rows)
+        self._update_threshold(pre.detach().relu())
+        return pattern, pre
+
+    @torch.no_grad()
+    def _update_threshold(self, kept: torch.Tensor) -> None:
+        """θ ← EMA of the smallest positive kept value; a batch with none leaves θ alone (no host sync)."""
+        batch_min = kept.masked_fill(kept <= 0, float("inf")).min().to(self.threshold.dtype)
+        valid = torch.isfinite(batch_min)
+        m = self.threshold_momentum
+        blended = torch.where(self.threshold_initialised, m * self.threshold + (1 - m) * batch_min, batch_min)
+        self.threshold.copy_(torch.where(valid, blended, self.threshold))
+        self.threshold_initialised.logical_or_(valid)
+
+
+@register_method
+class TopKConfig(MethodConfig):
+    """TopK SAE: exactly k active latents per sample; no sparsity penalty needed."""
+
+    name: Literal["topk"] = "topk"
+    topk_family = True
+    init_encoder_norm = 0.1  # see ModelConfig.init_encoder_norm
+    k: int = Field(32, ge=1)
+    """Active latents per sample; set it to the true L0 of the data when known."""
+    auxk: AuxKConfig | None = None
+    """Gao et al.'s AuxK loss for dead latents; None = off."""
+
+    def build_activation(self, n_latents: int) -> Activation:
+        check_k("k", self.k, n_latents)
+        return TopK(self.k)
+
+
+@register_method
+class BatchTopKConfig(MethodConfig):
+    """BatchTopK SAE: k·batch active latents per batch, a learned threshold at inference."""
+
+    name: Literal["batchtopk"] = "batchtopk"
+    topk_family = True
+    init_encoder_norm = 0.1  # see ModelConfig.init_encoder_norm
+    k: int = Field(32, ge=1)
+    """Mean active latents per sample."""
+    threshold_momentum: float = Field(0.99, ge=0, lt=1)
+    """EMA momentum of the inference threshold θ."""
+    auxk: AuxKConfig | None = None
+
+    def build_activation(self, n_latents: int) -> Activation:
+        check_k("k", self.k, n_latents)
+        return BatchTopK(self.k, self.threshold_momentum)
