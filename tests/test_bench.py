@@ -165,7 +165,7 @@ def test_a_folder_with_another_bench_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--preset", "nope"], "unknown bench preset 'nope'"),
+        (["--preset", "nope"], "invalid choice: 'nope' (choose from 'quick'"),
         (["--methods", "topk,nope"], "unknown bench row 'nope'"),
         (["--frames", "gaussian,round"], "--frames 'gaussian,round' is not allowed"),
         (["--steps", "0"], "--steps 0 is not allowed: give at least 1"),
@@ -262,9 +262,9 @@ def test_batched_bench_gives_the_numbers_of_run_by_run_training(tmp_path, monkey
     monkeypatch.setattr(bench_module, "EnsembleTrainer", Counting)
     args = ("--methods", "topk,relu", "--seeds", "0,1", "--steps", "8", "--sweep", "--set", "model.kernel=dense")
     args += ("--frames", "tight", "--no-references")
-    assert bench(tmp_path / "batched", *args, "--batch", "always") == 0
+    assert bench(tmp_path / "batched", *args, "--stack", "always") == 0
     assert sorted(sizes) == [2, 2, 2, 2, 5, 5]  # 4 rows × 2 seeds; relu's sweep for seeds 0 and 1
-    assert bench(tmp_path / "alone", *args, "--batch", "never") == 0
+    assert bench(tmp_path / "alone", *args, "--stack", "never") == 0
     assert bench(tmp_path / "auto", *args) == 0  # on CPU the quick scale's runs are too large to gain from it
     assert len(sizes) == 6
     batched = json.loads((tmp_path / "batched" / "results.json").read_text())

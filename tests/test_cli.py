@@ -89,7 +89,7 @@ def test_info_on_missing_and_corrupt_checkpoints(tmp_path, capsys):
 
 
 def test_bench_rejects_unknown_preset_and_method(tmp_path, capsys):
-    one_line_error(capsys, ["bench", "--preset", "nope", "--out", str(tmp_path)], "unknown bench preset 'nope'")
+    one_line_error(capsys, ["bench", "--preset", "nope", "--out", str(tmp_path)], "invalid choice: 'nope'")
     one_line_error(capsys, ["bench", "--methods", "topk,nope", "--out", str(tmp_path)], "unknown bench row 'nope'")
 
 

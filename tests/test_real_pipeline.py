@@ -47,9 +47,8 @@ def test_harvest_train_eval_splice(tmp_path, capsys):
     )
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
     capsys.readouterr()
-    metrics = tmp_path / "metrics.json"
-    assert main(["eval", str(tmp_path / "run"), "--store", str(store), "--splice", "--json", str(metrics)]) == 0
-    report = json.loads(metrics.read_text())
+    assert main(["eval", str(tmp_path / "run"), "--store", str(store), "--splice", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["inputs"] == [MLP_IN] and report["targets"] == [MLP_OUT]
     assert 0 < report["fvu"] < 1.5 and report["n_samples"] >= 40
     assert report["ce_zero"] != report["ce_clean"] and report["tokens"] > 0

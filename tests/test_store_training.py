@@ -126,8 +126,9 @@ def test_cli_train_eval_export_import_on_a_store(tmp_path, capsys):
     anchors = ["--anchors-from", "labels", "--anchors", "1"]
     assert main(["train", "--config", str(config), "--out", str(run), *anchors]) == 0
     assert "class means of 3 classes" in capsys.readouterr().out
-    assert main(["eval", str(run), "--store", str(store), "--json", str(tmp_path / "m.json")]) == 0
-    assert json.loads((tmp_path / "m.json").read_text())["n_samples"] == 100
+    capsys.readouterr()
+    assert main(["eval", str(run), "--store", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_samples"] == 100  # --json: stdout holds the JSON alone
     assert main(["export", str(run), "--format", "saelens", "--out", str(tmp_path / "sl")]) == 0
     assert main(["import", str(tmp_path / "sl"), "--format", "saelens", "--out", str(tmp_path / "back")]) == 0
     original, back = sdlkit.load(run), sdlkit.load(tmp_path / "back")

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import argparse
 
+from sdlkit.cli.options import add_device, command, device
 
-def add_browse_command(sub: argparse._SubParsersAction, common) -> None:
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register `browse` on the `sdlkit` sub-command parser."""
-    browse = sub.add_parser("browse", help="write a static HTML feature browser of a dictionary's latents on a store")
+    browse = command(
+        sub,
+        "browse",
+        "write a static HTML feature browser of a dictionary's latents on a store",
+        "An index of latents (sortable, searchable) and a page per latent with its top contexts and histogram;\n"
+        "it opens from the file system, with no server.",
+    )
     browse.add_argument("run", help="a run folder (its latest checkpoint) or a checkpoint folder")
     browse.add_argument("--store", required=True, help="the activation store to scan (rows with token provenance)")
     browse.add_argument("--out", required=True, help="folder to write (open DIR/index.html in a browser)")
@@ -19,7 +27,7 @@ def add_browse_command(sub: argparse._SubParsersAction, common) -> None:
     browse.add_argument("--max-rows", type=int, default=None, help="scan only the store's first rows")
     browse.add_argument("--overwrite", action="store_true", help="replace a browser folder already at --out")
     browse.add_argument("--no-progress", action="store_true", help="no progress bars")
-    common(browse)
+    add_device(browse)
     browse.set_defaults(func=cmd_browse)
 
 
@@ -45,7 +53,7 @@ def cmd_browse(args: argparse.Namespace) -> int:
         args.out,
         tokenizer=args.tokenizer,
         options=options,
-        device=args.device or "cpu",
+        device=device(args),
         overwrite=args.overwrite,
     )
     index = Path(summary["out"]).resolve() / "index.html"

@@ -1,22 +1,31 @@
-"""The `sdlkit` commands for real model activations: harvest, eval, export, import.
-
-Kept apart from cli.py (training, bench, theory) so each file stays one screenful of options; the same
-error convention holds: bad input prints one line and exits 2.
-"""
+"""The `sdlkit` commands for real model activations: harvest, eval, export, import."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from sdlkit.cli.options import add_device, add_json, comma_list, command, device, print_json
+
+_list = comma_list
 
 
-def _list(text: str | None) -> list[str] | None:
-    return [item.strip() for item in text.split(",") if item.strip()] if text else None
-
-
-def add_commands(sub: argparse._SubParsersAction, common) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register harvest, eval, export and import on the `sdlkit` sub-command parser."""
-    harvest = sub.add_parser("harvest", help="record a Hugging Face model's activations into an activation store")
+    _add_harvest(sub)
+    _add_eval(sub)
+    _add_exchange(sub)
+
+
+def _add_harvest(sub: argparse._SubParsersAction) -> None:
+    from sdlkit.harvest.models import DTYPES
+
+    harvest = command(
+        sub,
+        "harvest",
+        "record a Hugging Face model's activations into an activation store",
+        "Text (.txt, .jsonl, .parquet) or an image folder in; a resumable store of safetensors shards out.\n"
+        "--list-modules prints the names --modules accepts.",
+    )
     harvest.add_argument(
         "--model",
         action="append",
@@ -57,17 +66,25 @@ def add_commands(sub: argparse._SubParsersAction, common) -> None:
     )
     harvest.add_argument("--no-shuffle", action="store_true", help="visit the samples in file order")
     harvest.add_argument("--include-special", action="store_true", help="also store BOS/EOS/other special tokens")
-    harvest.add_argument("--model-dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
-    harvest.add_argument("--store-dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
+    harvest.add_argument("--model-dtype", default="float32", choices=list(DTYPES), help="(default float32)")
+    harvest.add_argument("--store-dtype", default="float32", choices=list(DTYPES), help="(default float32)")
     harvest.add_argument("--shard-rows", type=int, default=65536, help="rows per shard file (default 65536)")
     harvest.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")
     harvest.add_argument("--resume", action="store_true", help="continue an interrupted harvest into --out")
     harvest.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     harvest.add_argument("--no-progress", action="store_true", help="no progress bar")
-    harvest.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    add_device(harvest, "auto")
     harvest.set_defaults(func=cmd_harvest)
 
-    evaluate = sub.add_parser("eval", help="reconstruction (and splice) metrics of a checkpoint on an activation store")
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    evaluate = command(
+        sub,
+        "eval",
+        "reconstruction (and splice) metrics of a checkpoint on an activation store",
+        "FVU, MSE, L0, never-fired and dense latents on the run's held-out rows; with --splice, a language\n"
+        "model's CE loss recovered and KL with the dictionary spliced in.",
+    )
     evaluate.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
     evaluate.add_argument("--store", required=True, help="the activation store to evaluate on")
     evaluate.add_argument("--inputs", default=None, help="modules feeding the encoder (default: as trained)")
@@ -80,31 +97,36 @@ def add_commands(sub: argparse._SubParsersAction, common) -> None:
         "--splice", action="store_true", help="language models: CE loss recovered and KL with the dictionary spliced in"
     )
     evaluate.add_argument("--splice-samples", type=int, default=64, help="dataset samples for --splice (default 64)")
-    evaluate.add_argument(
-        "--json", dest="json_out", default=None, metavar="FILE", help="also write the metrics as JSON"
-    )
-    common(evaluate)
+    add_json(evaluate, "every metric")
+    add_device(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
-    export = sub.add_parser("export", help="write a checkpoint in SAELens or sparsify format")
+
+def _add_exchange(sub: argparse._SubParsersAction) -> None:
+    from sdlkit.interop import FORMATS
+
+    export = command(
+        sub, "export", "write a checkpoint in SAELens or sparsify format", "Formats: " + ", ".join(FORMATS) + "."
+    )
     export.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
-    export.add_argument("--format", required=True, choices=["saelens", "sparsify"], dest="fmt")
+    export.add_argument("--format", required=True, choices=list(FORMATS), dest="fmt")
     export.add_argument("--out", required=True, help="folder to write")
     export.add_argument("--hook-name", default=None, help="SAELens hook_name to record (e.g. blocks.6.hook_resid_post)")
     export.add_argument("--model-name", default=None, help="SAELens model_name to record")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     export.set_defaults(func=cmd_export)
 
-    imp = sub.add_parser("import", help="turn a SAELens or sparsify folder into an sdlkit checkpoint")
+    imp = command(
+        sub,
+        "import",
+        "turn a SAELens or sparsify folder into an sdlkit checkpoint",
+        "The checkpoint loads with sdlkit.load and scores with sdlkit eval / diagnose.",
+    )
     imp.add_argument("folder", help="the SAELens folder (cfg.json + sae_weights.safetensors) or sparsify hookpoint")
-    imp.add_argument("--format", required=True, choices=["saelens", "sparsify"], dest="fmt")
+    imp.add_argument("--format", required=True, choices=list(FORMATS), dest="fmt")
     imp.add_argument("--out", required=True, help="checkpoint folder to write")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     imp.set_defaults(func=cmd_import)
-
-    from sdlkit.cli.browse import add_browse_command
-
-    add_browse_command(sub, common)
 
 
 def cmd_harvest(args: argparse.Namespace) -> int:
@@ -131,7 +153,7 @@ def cmd_harvest(args: argparse.Namespace) -> int:
         sort_window=args.sort_window,
         max_rows=args.max_rows,
         max_samples=args.max_samples,
-        device=args.device,
+        device=device(args),
         model_dtype=args.model_dtype,
         store_dtype=args.store_dtype,
         include_special=args.include_special,
@@ -157,7 +179,6 @@ def cmd_harvest(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from sdlkit.eval.evaluate import evaluate_checkpoint
-    from sdlkit.io import write_json_atomically
     from sdlkit.report import format_table
 
     report = evaluate_checkpoint(
@@ -168,18 +189,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         all_rows=args.all_rows,
         max_rows=args.max_rows,
         batch_size=args.batch_size,
-        device=args.device or "cpu",  # resolved there: auto -> cuda or cpu
+        device=device(args),
         dense_threshold=args.dense_threshold,
         splice=args.splice,
         splice_samples=args.splice_samples,
     )
+    if args.json:
+        print_json(report)
+        return 0
     print(f"{report['checkpoint']} on {report['store']}: {report['rows']}")
     keys = ["fvu", "mse", "l0", "never_fired_fraction", "dense_fraction", "n_samples"]
     keys += [k for k in ("ce_loss_recovered", "kl_div", "ce_clean", "ce_spliced", "ce_zero") if k in report]
     print(format_table([{k: report[k] for k in keys}], keys))
-    if args.json_out:
-        write_json_atomically(Path(args.json_out), report)
-        print(f"metrics: {args.json_out}")
     return 0
 
 

@@ -1,0 +1,174 @@
+"""`sdlkit bench` (the paper's tables on LRB data), `sdlkit theory` (its claims as numerical checks) and
+`sdlkit diagnose` (the activation-pattern census of one dictionary trained on LRB data)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sdlkit.cli.options import add_device, add_json, add_seed, command, device, int_list, names, print_json
+
+STACK = {"auto": None, "always": True, "never": False}
+"""--stack: train a row's seeds and a sweep's trials as one stacked ensemble (auto: where it is faster)."""
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    _add_bench(sub)
+    theory = command(
+        sub,
+        "theory",
+        "check the paper's theorems and predictions numerically",
+        "Each claim is reported as holding or not, with the numbers: DIR/results.json and DIR/report.md.",
+    )
+    theory.add_argument("--out", default="theory-out", help="output folder (default: theory-out)")
+    theory.add_argument("--quick", action="store_true", help="small sizes: everything in a few minutes on 2 CPU cores")
+    theory.add_argument("--only", default=None, help="comma-separated checks (default: all): " + ", ".join(_checks()))
+    theory.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_device(theory)
+    add_seed(theory, "the checks' random draws (default 0)")
+    theory.set_defaults(func=cmd_theory)
+
+    diagnose = command(
+        sub,
+        "diagnose",
+        "activation-pattern census of a dictionary trained on bench data",
+        "Every ground-truth feature is presented alone; latents are monosemantic, polysemantic or dead, features\n"
+        "recovered, absorbed or lost (the paper's Def 3.1).",
+    )
+    diagnose.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
+    diagnose.add_argument(
+        "--bench-config",
+        default=None,
+        help="YAML with the LRB data it was trained on (default: the one recorded in the checkpoint)",
+    )
+    diagnose.add_argument(
+        "--min-activation",
+        type=float,
+        default=0.0,
+        help="a latent fires for a feature when its code exceeds this (default 0, the paper's)",
+    )
+    add_json(diagnose, "the whole census")
+    add_device(diagnose)
+    diagnose.set_defaults(func=cmd_diagnose)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from sdlkit.paper.bench import ALL_ROWS, BENCH_PRESETS
+
+    bench = command(
+        sub,
+        "bench",
+        "the paper's Table 1 and ablations on Linear Representation Bench data",
+        "Writes DIR/results.json (one record per run), DIR/report.md beside the paper's numbers, and plots.",
+    )
+    bench.add_argument("--preset", default="quick", choices=list(BENCH_PRESETS), help="(default: quick)")
+    bench.add_argument("--quick", action="store_true", help="run an ablation preset at the quick scale")
+    bench.add_argument(
+        "--methods", default=None, help="comma-separated rows (default: the preset's; all: " + ",".join(ALL_ROWS) + ")"
+    )
+    bench.add_argument(
+        "--frames",
+        default=None,
+        help="comma-separated LRB frames: gaussian (App. C as written), tight (its nearest tight frame) "
+        "(default: the preset's; both for the paper's tables)",
+    )
+    bench.add_argument(
+        "--no-references",
+        action="store_true",
+        help="skip the reference rows (chance, least-squares oracle, scikit-learn dictionary learning)",
+    )
+    bench.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (default: 0)")
+    bench.add_argument(
+        "--anchors", type=int, default=None, metavar="K", help="anchored features per run (default: 10%% of them)"
+    )
+    bench.add_argument("--anchor-weight", type=float, default=0.1, help="λ_anchor (default: 0.1, as the paper)")
+    bench.add_argument("--anchor-mode", choices=["soft", "hard"], default="soft", help="soft penalty or fixed rows")
+    bench.add_argument("--tau", type=float, default=0.95, help="recovery threshold τ in (0, 1] (default: 0.95)")
+    bench.add_argument("--steps", type=int, default=None, help="training steps per run (default: the scale's)")
+    bench.add_argument("--sweep", action="store_true", help="search the sparsity coefficient of relu/jumprelu/gated")
+    bench.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override every run's config, e.g. --set model.n_latents=2048 (repeatable)",
+    )
+    bench.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
+    bench.add_argument("--resume", action="store_true", help="finish a bench in --out, skipping finished runs")
+    bench.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bench.add_argument(
+        "--stack",
+        choices=list(STACK),
+        default="auto",
+        help="train a row's seeds and a sweep's trials as one stacked ensemble: where it is faster (auto: small "
+        "models on CPU), always, or never",
+    )
+    add_device(bench)
+    bench.set_defaults(func=cmd_bench)
+
+
+def _checks() -> list[str]:
+    from sdlkit.paper.theory_run import CHECK_ORDER
+
+    return CHECK_ORDER
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from sdlkit.paper.bench import BenchSpec, run_bench
+
+    spec = BenchSpec(
+        preset=args.preset,
+        quick=args.quick,
+        rows=names("--methods", args.methods) if args.methods is not None else None,
+        frames=names("--frames", args.frames) if args.frames is not None else None,
+        seeds=int_list("--seeds", args.seeds),
+        anchors=args.anchors,
+        anchor_weight=args.anchor_weight,
+        anchor_mode=args.anchor_mode,
+        tau=args.tau,
+        steps=args.steps,
+        sweep=args.sweep,
+        device=device(args),
+        overrides=args.set,
+        references=not args.no_references,
+    )
+    progress, stacked = not args.no_progress, STACK[args.stack]
+    run_bench(spec, Path(args.out), resume=args.resume, overwrite=args.overwrite, progress=progress, batched=stacked)
+    return 0
+
+
+def cmd_theory(args: argparse.Namespace) -> int:
+    from sdlkit.paper.theory_run import run_theory
+
+    results = run_theory(
+        Path(args.out),
+        quick=args.quick,
+        device=device(args),
+        seed=args.seed or 0,
+        only=args.only.split(",") if args.only else None,
+        overwrite=args.overwrite,
+    )
+    held = sum(r["holds"] for r in results)
+    print(f"{held} of {len(results)} claims hold; report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    import sdlkit
+    from sdlkit.data.lrb.source import LRBSource
+    from sdlkit.paper.diagnose import bench_data_config, census, census_table, to_json
+
+    where = device(args)
+    model = sdlkit.load(args.checkpoint, device=where)
+    source = LRBSource(bench_data_config(Path(args.checkpoint), args.bench_config), device=where)
+    result = census(model, source, args.min_activation)
+    if args.json:
+        print_json(to_json(result))
+        return 0
+    print(census_table(result))
+    for feature in result["absorbed"][:20]:
+        print(f"feature {feature} is absorbed into latents {result['absorbed_into'].get(feature, [])}")
+    if len(result["absorbed"]) > 20:
+        print(f"… and {len(result['absorbed']) - 20} more absorbed features (see --json)")
+    return 0

@@ -1,0 +1,164 @@
+"""`sdlkit train` (a dictionary from a YAML config) and `sdlkit info` (what a checkpoint holds)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sdlkit.cli.options import add_device, add_json, add_seed, command, print_json
+from sdlkit.errors import SdlkitError
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    train = command(
+        sub,
+        "train",
+        "train a dictionary from a YAML config",
+        "The config has data, model (with its method) and train sections; see configs/ for examples.\n"
+        "Writes checkpoints and metrics.jsonl into --out; --resume continues bit-identically.",
+    )
+    train.add_argument("--config", required=True, help="YAML file with data, model (with method) and train sections")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=1e-3 (repeatable)",
+    )
+    train.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="delete the run folder first (only one sdlkit wrote)")
+    train.add_argument(
+        "--anchors-from",
+        choices=["ground_truth", "labels"],
+        default=None,
+        help="anchor latents to the bench's ground truth or to a labelled store's class means (sets train.anchors)",
+    )
+    train.add_argument("--anchors", type=int, default=None, metavar="K", help="number of anchored latents")
+    add_device(train, "the config's, else cpu")
+    add_seed(train, "initialisation and training randomness (default: the config's)")
+    add_json(train, "the final metrics and the checkpoint")
+    train.set_defaults(func=cmd_train)
+
+    info = command(sub, "info", "describe a checkpoint", "Its method, shape, constraints, training step and tensors.")
+    info.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
+    add_json(info, "the checkpoint's config and tensor shapes")
+    info.set_defaults(func=cmd_info)
+
+
+def _overrides(args: argparse.Namespace, values: dict) -> list[str]:
+    """--set, plus what --device, --seed and the anchor flags set."""
+    overrides = list(args.set)
+    if args.device is not None:
+        overrides.append(f"device={args.device}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.anchors_from is not None or args.anchors is not None:
+        anchors = (values.get("train") or {}).get("anchors") or {}
+        if args.anchors is None and "count" not in anchors:
+            raise SdlkitError(
+                "--anchors-from needs the number of anchors: --anchors K (the paper: 30 of ImageNet's 1000 classes, "
+                "100 of the bench's 1000 features)"
+            )
+        overrides += [f"train.anchors.count={args.anchors}"] if args.anchors is not None else []
+        overrides += [f"train.anchors.source={args.anchors_from}"] if args.anchors_from is not None else []
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sdlkit.config import load_yaml, run_config
+    from sdlkit.data import build_source
+    from sdlkit.io import check_output_folder, remove_owned_folder
+    from sdlkit.train import Trainer, distributed
+
+    values = load_yaml(args.config)
+    config = run_config(values, _overrides(args, values))
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    dist, device = distributed.from_environment(config.device)  # under torchrun: join the group
+    try:
+        if dist is None or dist.is_main:
+            if args.overwrite:
+                remove_owned_folder(out, "run")
+            else:
+                check_output_folder(out, "run")
+        if dist is not None:
+            config = config.model_copy(update={"device": device})
+            distributed.barrier()
+        source = build_source(config.data, config.device)
+        trainer = Trainer(config, source, out, dist=dist)
+        result = trainer.fit(resume=args.resume)
+    finally:
+        distributed.shutdown()
+    if trainer.is_main:
+        _print_result(args, config, source, trainer, result)
+    return 0
+
+
+def _print_result(args: argparse.Namespace, config, source, trainer, result) -> None:
+    """The run's final metrics (and recovery, where the data has known directions) as a table or JSON."""
+    from sdlkit.data.directions import has_known_directions, known_directions
+    from sdlkit.report import format_table
+
+    row = {
+        "method": config.model.method.name,
+        "steps": result.steps,
+        "samples": result.samples_seen,
+        **{k: result.metrics[k] for k in ("mse", "fvu", "l0", "dead_fraction")},
+        "seconds": round(result.train_seconds, 1),
+    }
+    note = None
+    if has_known_directions(source):  # bench ground truth or class means: say how many were found
+        from sdlkit.eval.recovery import dictionary_recovery
+
+        truth = known_directions(source)
+        anchored = trainer.anchors.indices if trainer.anchors is not None else []
+        recovery = dictionary_recovery(result.model, truth.W_p, truth.W_r, exclude=anchored)
+        keys = ("gt_recovery", "max_inner_product", "gt_recovery_decoder", "max_inner_product_decoder")
+        row.update({k: recovery[k] for k in keys})
+        if truth.kind == "labels":
+            note = f"recovery is scored against the class means of {len(truth.names) - len(anchored)} classes"
+    if args.json:
+        print_json({**row, "checkpoint": str(result.checkpoint)})
+        return
+    if note:
+        print(note)
+    print(format_table([row], list(row)))
+    print(f"checkpoint: {result.checkpoint}")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from sdlkit.io import WEIGHTS_FILE, read_config, resolve_checkpoint, tensor_shapes
+
+    folder = resolve_checkpoint(args.checkpoint)
+    config = read_config(folder)
+    shapes = tensor_shapes(folder / WEIGHTS_FILE)
+    if args.json:
+        print_json({**config, "tensors": shapes})
+        return 0
+    model = config["model"]
+    method = dict(model["method"])
+    name = method.pop("name")
+    print(f"checkpoint  {folder}")
+    print(f"method      {name}  " + " ".join(f"{k}={v}" for k, v in method.items() if v is not None))
+    print(
+        f"shape       n_in={model['n_in']} -> n_latents={model['n_latents']} -> n_out={model['n_out']}"
+        + (f"  sources in={model['in_blocks']} out={model['out_blocks']}" if len(model["in_blocks"]) > 1 else "")
+    )
+    print(f"constraints bias={model['bias']} unit_norm_decoder={model['unit_norm_decoder']} dtype={model['dtype']}")
+    if "step" in config:
+        run = config.get("run", {})
+        batch = run.get("train", {}).get("batch_size", 0)
+        print(
+            f"training    step {config['step']} of {run.get('train', {}).get('steps')} "
+            f"({config['step'] * batch:,} samples), data: {_data_name(run.get('data', {}))}"
+        )
+    print("tensors     " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
+    return 0
+
+
+def _data_name(data: dict) -> str:
+    if "store" in data:
+        modules = data.get("inputs") or ["all modules"]
+        targets = f" -> {', '.join(data['targets'])}" if data.get("targets") else ""
+        return f"store {data['store']} ({', '.join(modules)}{targets})"
+    return f"{data.get('mode', '?')} LRB"
