@@ -357,3 +357,13 @@ def test_shuffled_visit_is_a_seeded_permutation_of_file_order(gpt2, tmp_path, te
             atol=1e-5,
             rtol=1e-5,
         )
+
+
+def test_harvest_options_are_checked_before_anything_loads(tmp_path):
+    from sdlkit.harvest import HarvestOptions
+
+    with pytest.raises(ConfigError, match="unknown harvest option 'max_row'; known: batch_size"):
+        harvest("no-such-model", "x", "no-such-data", str(tmp_path / "s"), max_row=5)
+    with pytest.raises(ConfigError, match="--sort-window = 0 is not allowed"):
+        harvest("no-such-model", "x", "no-such-data", str(tmp_path / "s"), HarvestOptions(batch_size=4), sort_window=0)
+    assert not (tmp_path / "s").exists()

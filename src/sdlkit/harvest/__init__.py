@@ -10,10 +10,11 @@ are imported only when a model, an image or a Parquet file is actually read.
 
 from sdlkit.harvest.datasets import Dataset, open_dataset
 from sdlkit.harvest.models import LoadedModel, ModuleSpec, list_modules, load_model, module_table, parse_modules
-from sdlkit.harvest.run import check_store_matches_model, harvest
+from sdlkit.harvest.run import HarvestOptions, check_store_matches_model, harvest
 
 __all__ = [
     "Dataset",
+    "HarvestOptions",
     "LoadedModel",
     "ModuleSpec",
     "check_store_matches_model",

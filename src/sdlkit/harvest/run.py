@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,108 +65,163 @@ class Step:
     skipped: int
 
 
+@dataclass(frozen=True)
+class HarvestOptions:
+    """How `harvest` reads, runs and writes; the fields mirror `sdlkit harvest`'s options."""
+
+    context_size: int = 128
+    """Tokens per text (longer texts are truncated)."""
+    batch_size: int = 32
+    """Samples per forward pass."""
+    sort_window: int = 8
+    """Text: a step of sort_window × batch_size samples runs as length-sorted passes (1: file order)."""
+    max_rows: int | None = None
+    """Stop at the first step boundary where at least this many rows are stored."""
+    max_samples: int | None = None
+    """Harvest only the first that many samples."""
+    device: str = "auto"
+    """cpu, cuda[:N] or auto."""
+    model_dtype: str = "float32"
+    """float32, bfloat16 or float16: the models' dtype."""
+    store_dtype: str = "float32"
+    """float32, bfloat16 or float16: the stored rows' dtype."""
+    include_special: bool = False
+    """Also record special tokens (BOS, EOS, ...)."""
+    text_column: str = "text"
+    """The text column of .jsonl / .parquet data."""
+    label_column: str | None = None
+    """A column with a label per sample (for class-mean anchors)."""
+    split: str = "train"
+    """The split of a hub dataset."""
+    shuffle_seed: int | None = 0
+    """Visit the samples in this seeded order (None: file order)."""
+    resume: bool = False
+    """Continue the incomplete store at `out` (the same options are required)."""
+    overwrite: bool = False
+    """Replace an existing store at `out` (only one that sdlkit wrote)."""
+    trust_remote_code: bool = False
+    """Run the model repository's own code."""
+    shard_rows: int = 65536
+    """Rows per shard file."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        for name in ("context_size", "batch_size", "sort_window", "max_rows", "max_samples"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} = {value!r} is not allowed: it must be a positive integer"
+                )
+
+
 def harvest(
     model: str | list[str],
     modules: str | list[str],
     data: str,
     out: str,
-    *,
-    context_size: int = 128,
-    batch_size: int = 32,
-    sort_window: int = 8,
-    max_rows: int | None = None,
-    max_samples: int | None = None,
-    device: str = "auto",
-    model_dtype: str = "float32",
-    store_dtype: str = "float32",
-    include_special: bool = False,
-    text_column: str = "text",
-    label_column: str | None = None,
-    split: str = "train",
-    shuffle_seed: int | None = 0,
-    resume: bool = False,
-    overwrite: bool = False,
-    trust_remote_code: bool = False,
-    shard_rows: int = 65536,
-    progress: bool = True,
+    options: HarvestOptions | None = None,
+    **overrides: Any,
 ) -> StoreManifest:
     """Harvest the activations of `modules` of `model` (one, or several for crosscoders) over `data` into
-    the store `out`; returns the store's manifest. Keyword options mirror `sdlkit harvest`:
+    the store `out`; returns the store's manifest.
 
     model: hub names or local folders; modules: `[i:]NAME[:input|:mean|:unit-mean]` specs (comma-separated or a
     list; `i:` required with several models; `clip:pooled` / `clip:projected` aliases); data: .txt, .jsonl, .parquet,
-    an image folder, or a hub dataset (needs `datasets`; `split`); context_size: tokens per text (truncated);
-    batch_size: samples per forward pass; sort_window: text steps of sort_window × batch_size samples run as
-    length-sorted passes (the step is the unit of resume; 1: file order); max_rows / max_samples: budgets (see
-    the module docstring); device: cpu, cuda[:N] or auto; model_dtype / store_dtype: float32, bfloat16, float16;
-    include_special: also record special tokens (BOS, EOS, ...); text_column / label_column: columns of
-    .jsonl/.parquet; resume: continue the incomplete store `out` (same options required); overwrite: replace
-    an existing store; trust_remote_code: run the model repository's own code; shard_rows: rows per shard.
+    an image folder, or a hub dataset (needs `datasets`). `options` (or keyword `overrides` of its fields, e.g.
+    `max_rows=1_000_000`) say how: see HarvestOptions.
     """
-    _check_counts(
-        context_size=context_size,
-        batch_size=batch_size,
-        sort_window=sort_window,
-        max_rows=max_rows,
-        max_samples=max_samples,
-    )
+    options = _options(options, overrides)
     names = [model] if isinstance(model, str) else list(model)
     if not names:
         raise ConfigError("no model given: pass --model NAME_OR_PATH")
-    resuming = _precheck_store(out, resume, overwrite)
-    dataset = open_dataset(data, text_column=text_column, label_column=label_column, split=split)
+    resuming = _precheck_store(out, options.resume, options.overwrite)
+    dataset = open_dataset(
+        data, text_column=options.text_column, label_column=options.label_column, split=options.split
+    )
     fingerprint = _check_fingerprint(resuming, dataset, out)
-    if shuffle_seed is not None:  # rows of an image folder would otherwise come sorted by class
-        dataset = dataset.shuffled(shuffle_seed)
-    torch_dtype = parse_dtype(model_dtype, "--model-dtype")
-    store_torch_dtype = parse_dtype(store_dtype, "--store-dtype")
-    target = resolve_device(device)
-    loaded = [load_model(n, device=target, dtype=torch_dtype, trust_remote_code=trust_remote_code) for n in names]
-    _check_models(loaded, dataset, context_size)
+    if options.shuffle_seed is not None:  # rows of an image folder would otherwise come sorted by class
+        dataset = dataset.shuffled(options.shuffle_seed)
+    job = _job(names, modules, dataset, options)
+    dims = probe_dims(job.loaded, job.specs, job.prepare.probe(), job.device)
+    source = _source_record(names, job.specs, data, dataset.kind, options, fingerprint)
+    writer = _open_writer(out, dims, source, dataset, options)
+    n_samples = len(dataset) if options.max_samples is None else min(len(dataset), options.max_samples)
+    start, step = writer.next_sample, options.batch_size * (options.sort_window if dataset.kind == "text" else 1)
+    if start % step and start < n_samples:
+        raise ConfigError(f"cannot resume {out}: it stopped at sample {start}, not at a step boundary of {step}")
+    with writer:  # an exception (or Ctrl-C) closes the store incomplete, so --resume continues it
+        _loop(writer, job, range(start, n_samples, step), n_samples, options.max_rows, options.progress)
+    return writer.manifest.model_copy(deep=True)
+
+
+def _options(options: HarvestOptions | None, overrides: dict[str, Any]) -> HarvestOptions:
+    """`options` with `overrides` applied (a one-line error naming an unknown option)."""
+    known = {f.name for f in fields(HarvestOptions)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown harvest option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    return replace(options or HarvestOptions(), **overrides)
+
+
+def _job(names: list[str], modules: str | list[str], dataset: Dataset, options: HarvestOptions) -> _Job:
+    """Load the models on their device and pair them with the recorded modules and the batch preparer."""
+    torch_dtype = parse_dtype(options.model_dtype, "--model-dtype")
+    parse_dtype(options.store_dtype, "--store-dtype")  # refuse a bad store dtype before loading models
+    target = resolve_device(options.device)
+    trust = options.trust_remote_code
+    loaded = [load_model(n, device=target, dtype=torch_dtype, trust_remote_code=trust) for n in names]
+    _check_models(loaded, dataset, options.context_size)
     specs = parse_modules(modules, [m.model for m in loaded], names)
-    job = _Job(loaded, specs, dataset, _Preparer(loaded, dataset, context_size, include_special, batch_size), target)
-    dims = probe_dims(loaded, specs, job.prepare.probe(), target)
+    prepare = _Preparer(loaded, dataset, options.context_size, options.include_special, options.batch_size)
+    return _Job(loaded, specs, dataset, prepare, target)
+
+
+def _source_record(
+    names: list[str], specs: list[ModuleSpec], data: str, kind: str, options: HarvestOptions, fingerprint: Any
+) -> dict[str, Any]:
+    """What the store records of its making (a resume must match it)."""
+    text = kind == "text"
     source = {
         "models": [_source_name(n) for n in names],
         "modules": [spec.key for spec in specs],
         "data": _source_name(data),
-        "kind": dataset.kind,
-        "text_column": text_column if dataset.kind == "text" else None,
-        "label_column": label_column,
-        "split": split if not Path(data).expanduser().exists() else None,
-        "context_size": context_size if dataset.kind == "text" else None,
-        "batch_size": batch_size,
-        "sort_window": sort_window if dataset.kind == "text" else None,
-        "model_dtype": model_dtype,
-        "store_dtype": store_dtype,
-        "include_special": include_special,
-        "shuffle_seed": shuffle_seed,
-        "max_rows": max_rows,
-        "max_samples": max_samples,
-        "trust_remote_code": trust_remote_code,
+        "kind": kind,
+        "text_column": options.text_column if text else None,
+        "label_column": options.label_column,
+        "split": options.split if not Path(data).expanduser().exists() else None,
+        "context_size": options.context_size if text else None,
+        "batch_size": options.batch_size,
+        "sort_window": options.sort_window if text else None,
+        "model_dtype": options.model_dtype,
+        "store_dtype": options.store_dtype,
+        "include_special": options.include_special,
+        "shuffle_seed": options.shuffle_seed,
+        "max_rows": options.max_rows,
+        "max_samples": options.max_samples,
+        "trust_remote_code": options.trust_remote_code,
         "sdlkit_version": _version(),
     }
     if fingerprint is not None:
         source["data_fingerprint"] = fingerprint
-    if resume:
-        writer = StoreWriter.resume(out, modules=dims, source=source, shard_rows=shard_rows)
-    else:
-        writer = StoreWriter.create(
-            out,
-            dims,
-            store_torch_dtype,
-            labels=dataset.label_names,
-            source=source,
-            shard_rows=shard_rows,
-            overwrite=overwrite,
-        )
-    n_samples = len(dataset) if max_samples is None else min(len(dataset), max_samples)
-    start, step = writer.next_sample, batch_size * (sort_window if dataset.kind == "text" else 1)
-    if start % step and start < n_samples:
-        raise ConfigError(f"cannot resume {out}: it stopped at sample {start}, not at a step boundary of {step}")
-    with writer:  # an exception (or Ctrl-C) closes the store incomplete, so --resume continues it
-        _loop(writer, job, range(start, n_samples, step), n_samples, max_rows, progress)
-    return writer.manifest.model_copy(deep=True)
+    return source
+
+
+def _open_writer(
+    out: str, dims: dict[str, int], source: dict[str, Any], dataset: Dataset, options: HarvestOptions
+) -> StoreWriter:
+    """A new store at `out`, or the incomplete one to resume."""
+    if options.resume:
+        return StoreWriter.resume(out, modules=dims, source=source, shard_rows=options.shard_rows)
+    return StoreWriter.create(
+        out,
+        dims,
+        parse_dtype(options.store_dtype, "--store-dtype"),
+        labels=dataset.label_names,
+        source=source,
+        shard_rows=options.shard_rows,
+        overwrite=options.overwrite,
+    )
 
 
 @dataclass
@@ -434,12 +489,6 @@ def _check_fingerprint(resuming: StoreManifest | None, dataset: Dataset, out: st
             "fingerprint differs); resume with the original data, or harvest into a new folder"
         )
     return fingerprint
-
-
-def _check_counts(**counts: int | None) -> None:
-    for name, value in counts.items():
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ConfigError(f"--{name.replace('_', '-')} = {value!r} is not allowed: it must be a positive integer")
 
 
 def _source_name(name: str) -> str:
