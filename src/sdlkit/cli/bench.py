@@ -21,7 +21,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "Each claim is reported as holding or not, with the numbers: DIR/results.json and DIR/report.md.",
     )
     theory.add_argument("--out", default="theory-out", help="output folder (default: theory-out)")
-    theory.add_argument("--quick", action="store_true", help="small sizes: everything in a few minutes on 2 CPU cores")
+    theory.add_argument("--quick", action="store_true", help="small sizes: every check in minutes on a CPU")
     theory.add_argument("--only", default=None, help="comma-separated checks (default: all): " + ", ".join(_checks()))
     theory.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_device(theory)

@@ -219,8 +219,8 @@ def make_feature_matrix(
       ||D||_2, so the cap keeps every step stable whatever n, n_dims and M are, and lr = 0.2 is
       the fastest base step that never diverged in the grid (an isolated pair with excess e moves
       by about 8·eta·e, i.e. most of the way to M − eps in one step).
-    - max_iters = 500: the paper's setting (n=1000, n_dims=768, M=0.1) takes 1-4 iterations
-      (~0.1 s on 2 CPU cores), M=0.05 there 4, M=0.01 there ~110 (~2.5 s). PGD also stops early when
+    - max_iters = 500: the paper's setting (n=1000, n_dims=768, M=0.1) takes 1-4 iterations,
+      M=0.05 there 4, M=0.01 there ~110 (benchmarks/README.md has the times). PGD also stops early when
       the best max interference gains less than 1e-4 over 100 iterations (it is stuck).
 
     Raises ConfigError at once when M is provably out of reach (`check_interference_feasible`), and

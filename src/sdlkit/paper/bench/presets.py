@@ -26,8 +26,8 @@ class Scale:
 
 
 SCALES = {
-    # 512 latents ≈ 2n, 500 steps of 1,024: Table 1 on both frames (28 runs) within `make bench`'s
-    # 3-minute budget on 2 CPU cores (benchmarks/README.md has the timings).
+    # 512 latents ≈ 2n, 500 steps of 1,024: Table 1 on both frames (28 runs) sized to `make bench`'s
+    # time budget (benchmarks/README.md has the timings).
     "quick": Scale(data="quick", n_latents=512, steps=500, batch_size=1024, lr=1e-3),
     # The paper's n_q = 16,000. Steps and lr are not reported; 5,000 steps of 4,096 is ~200 passes
     # over N = 100,000 samples. lr follows Gao et al.'s 2e-4 at 16k latents, doubled for the short run.

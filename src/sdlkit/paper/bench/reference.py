@@ -34,7 +34,7 @@ FIT_SAMPLES = 16_384
 """Training samples the oracle is fitted on."""
 DL_SAMPLES, DL_EVAL_ROWS = 4096, 1024
 """Training samples the dictionary-learning baseline is fitted on (one pass), and the held-out rows its
-FVU is measured on: coordinate-descent sparse coding costs ~3 ms a row on 2 CPU cores."""
+FVU is measured on (coordinate-descent sparse coding is the slow part: benchmarks/README.md has its cost)."""
 DL_ALPHA = 0.1
 """L1 weight of the dictionary-learning baseline's sparse coding (chosen so its L0 is near the true L0 on
 the quick preset)."""
