@@ -15,9 +15,29 @@ import yaml
 import sdlkit
 from sdlkit.config import run_config
 from sdlkit.data import build_source
+from sdlkit.data.source import Batch
 from sdlkit.errors import ConfigError
 from sdlkit.train import Trainer
-from sdlkit.train.distributed import GlobalBatches, RankSlice, local_batch_size
+from sdlkit.train.distributed import RankSlice, local_batch_size
+
+
+class GlobalBatches:
+    """What W ranks see together, for one process: global batch `index` = the W rank slices stacked
+    (RankSlice's pieces). Equal to the source itself for position-based sources; the reference a
+    data-parallel run is checked against."""
+
+    def __init__(self, source, world_size: int):
+        self.source, self.world_size = source, world_size
+
+    def batch(self, index: int, batch_size: int) -> Batch:
+        local = local_batch_size(batch_size, self.world_size)
+        parts = [RankSlice(self.source, r, self.world_size).batch(index, local) for r in range(self.world_size)]
+        x_p = torch.cat([p.x_p for p in parts])
+        same = all(p.x_r is p.x_p for p in parts)
+        return Batch(x_p, x_p if same else torch.cat([p.x_r for p in parts]))
+
+    def __getattr__(self, name: str):
+        return getattr(self.source, name)
 
 
 def values(steps: int, **data) -> dict:

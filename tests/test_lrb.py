@@ -299,7 +299,7 @@ def test_presets() -> None:
         ),
         ({"n_sources": 2}, r"^data\.n_sources = 2 is not allowed: n_sources must be 1 in sae mode"),
         ({"n_features": 0}, r"^data\.n_features = 0 is not allowed"),
-        ({"beta": 0.0}, r"^data\.beta = 0\.0 is not allowed: beta must be > 0"),
+        ({"beta": 0.0}, r"^data\.beta = 0\.0 is not allowed: Input should be greater than 0"),
         ({"c_min": -1.0}, r"^data\.c_min = -1\.0 is not allowed"),
         ({"n_samples": 0}, r"^data\.n_samples = 0 is not allowed"),
         ({"mode": "autoencoder"}, r"^data\.mode = 'autoencoder' is not allowed"),

@@ -9,7 +9,7 @@ import torch
 import sdlkit
 from conftest import METHOD_SPECS, tiny_config
 from sdlkit.core.objective import TermContext
-from sdlkit.data import Batch, build_source
+from sdlkit.data import Batch, DataSource, build_source
 from sdlkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from sdlkit.eval.metrics import reconstruction_metrics
 from sdlkit.train import Trainer
@@ -106,7 +106,7 @@ def test_resume_without_checkpoint_is_named(tmp_path):
         Trainer(tiny_config(steps=5), build_source(tiny_config().data), tmp_path).fit(resume=True)
 
 
-class PoisonedSource:
+class PoisonedSource(DataSource):
     """Wraps a source and puts a NaN into the batch at one stream position."""
 
     def __init__(self, source, bad_position):

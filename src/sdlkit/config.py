@@ -6,20 +6,25 @@ Every bad value becomes a one-line `ConfigError` naming the field, the value and
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
+# The built-in data kinds register themselves when imported. They are imported here, where a `data:` section
+# becomes a config class, because every run config passes through this module and it sits above both: data/
+# cannot import the store, which builds on data/ (a new kind adds its line here).
+from sdlkit import store  # noqa: F401  (registers kind "store")
 from sdlkit.core.model import ModelConfig
-from sdlkit.data.lrb.source import LRBConfig, lrb_preset
+from sdlkit.data import lrb  # noqa: F401  (registers kind "lrb")
+from sdlkit.data.source import DataConfig, data_config
 from sdlkit.errors import STRICT_CONFIG, ConfigError, describe_validation_error
-from sdlkit.store.config import StoreDataConfig
-from sdlkit.store.format import read_manifest
 
 RESAMPLE_SEED_OFFSET = 1_000_003
 """Resampling at step t draws from a generator seeded with seed + this + t: no state to save."""
@@ -113,9 +118,10 @@ class RunConfig(BaseModel):
 
     model_config = STRICT_CONFIG
 
-    data: LRBConfig | StoreDataConfig
-    """The data: the Linear Representation Bench ({preset: quick} plus any overrides), or harvested
-    activations ({store: PATH, inputs: [...], targets: [...]})."""
+    data: SerializeAsAny[DataConfig]
+    """The data, by `kind` (see sdlkit.data.source): the Linear Representation Bench (kind: lrb;
+    {preset: quick} plus any overrides), or harvested activations (kind: store; {store: PATH, inputs:
+    [...], targets: [...]}). Without `kind`, a section is a store when it names one, else the bench."""
     model: ModelConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     seed: int = 0
@@ -126,15 +132,8 @@ class RunConfig(BaseModel):
 
     @field_validator("data", mode="before")
     @classmethod
-    def _data(cls, value: Any) -> Any:
-        if isinstance(value, dict) and ("store" in value or value.get("kind") == "store"):
-            return StoreDataConfig.from_dict(value)
-        if isinstance(value, dict) and "preset" in value:
-            overrides = {k: v for k, v in value.items() if k != "preset"}
-            return lrb_preset(value["preset"], **overrides)
-        if isinstance(value, dict):
-            return LRBConfig.from_dict(value)
-        return value
+    def _data(cls, value: Any) -> DataConfig:
+        return data_section(value)
 
     @field_validator("device")
     @classmethod
@@ -147,37 +146,22 @@ class RunConfig(BaseModel):
         """Fill n_in/n_out/blocks from the data when omitted; refuse values that contradict it."""
         if not isinstance(values, dict) or not isinstance(values.get("model"), dict):
             return values
-        data = cls._data(values.get("data"))
-        if not isinstance(data, LRBConfig | StoreDataConfig):
-            return values
+        data = data_section(values.get("data"))
         model = dict(values["model"])
-        for key, value in data_shape(data).items():
+        for key, value in dataclasses.asdict(data.shape()).items():
             given = model.get(key)
             if given is not None and given != value:
                 raise ValueError(f"model.{key} = {given} but the data gives {value}: leave it out or make them agree")
             model[key] = value
-        return {**values, "model": model}
+        return {**values, "data": data, "model": model}
 
 
-def data_shape(data: LRBConfig | StoreDataConfig) -> dict[str, Any]:
-    """n_in, n_out and the per-source blocks that the data produce (a store: from its manifest)."""
-    if isinstance(data, StoreDataConfig):
-        manifest = read_manifest(data.store)
-        dims = {name: spec.dim for name, spec in manifest.modules.items()}
-        inputs = data.inputs or list(dims)
-        targets = data.targets or inputs
-        unknown = [name for name in [*inputs, *targets] if name not in dims]
-        if unknown:
-            raise ConfigError(
-                f"data: module {unknown[0]!r} is not in the store {data.store}; it holds: {', '.join(dims)}"
-            )
-        in_blocks, out_blocks = [dims[n] for n in inputs], [dims[n] for n in targets]
-        return {"n_in": sum(in_blocks), "n_out": sum(out_blocks), "in_blocks": in_blocks, "out_blocks": out_blocks}
-    if data.mode == "crosscoder":
-        blocks = [data.n_p] * data.n_sources
-        return {"n_in": sum(blocks), "n_out": sum(blocks), "in_blocks": blocks, "out_blocks": blocks}
-    n_out = data.n_r if data.mode == "transcoder" and data.n_r is not None else data.n_p
-    return {"n_in": data.n_p, "n_out": n_out, "in_blocks": [data.n_p], "out_blocks": [n_out]}
+def data_section(value: Any) -> DataConfig:
+    """A `data:` section as the config class its `kind` registered. A mapping without `kind` (written
+    before kinds existed) is a store when it names one, else the bench."""
+    if isinstance(value, Mapping) and "kind" not in value:
+        value = {"kind": "store" if "store" in value else "lrb", **value}
+    return data_config(value)
 
 
 def resolve_device(device: str) -> str:

@@ -96,7 +96,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _print_result(args: argparse.Namespace, config, source, trainer, result) -> None:
     """The run's final metrics (and recovery, where the data has known directions) as a table or JSON."""
-    from sdlkit.data.directions import has_known_directions, known_directions
     from sdlkit.report import format_table
 
     row = {
@@ -107,10 +106,10 @@ def _print_result(args: argparse.Namespace, config, source, trainer, result) -> 
         "seconds": round(result.train_seconds, 1),
     }
     note = None
-    if has_known_directions(source):  # bench ground truth or class means: say how many were found
+    truth = source.known_directions()  # bench ground truth or class means: say how many were found
+    if truth is not None:
         from sdlkit.eval.recovery import dictionary_recovery
 
-        truth = known_directions(source)
         anchored = trainer.anchors.indices if trainer.anchors is not None else []
         recovery = dictionary_recovery(result.model, truth.W_p, truth.W_r, exclude=anchored)
         keys = ("gt_recovery", "max_inner_product", "gt_recovery_decoder", "max_inner_product_decoder")

@@ -1,25 +1,36 @@
-"""Data: the (x_p, x_r) batch protocol and the Linear Representation Bench."""
+"""Data: the (x_p, x_r) source interface and its registry, known directions, and the Linear Representation Bench.
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-import torch
+Importing this package registers the bench (kind "lrb"); the activation store registers kind "store" from
+sdlkit.store, which builds on this package (never the reverse).
+"""
 
 from sdlkit.data.lrb.source import LRB_PRESETS, LRBConfig, LRBSource, lrb_preset
-from sdlkit.data.source import Batch, DataSource
+from sdlkit.data.source import (
+    SOURCES,
+    Batch,
+    BlockScales,
+    DataConfig,
+    DataShape,
+    DataSource,
+    KnownDirections,
+    build_source,
+    data_config,
+    register_source,
+)
 
-if TYPE_CHECKING:
-    from sdlkit.store import StoreDataConfig
-
-
-def build_source(config: LRBConfig | StoreDataConfig, device: str | torch.device = "cpu") -> DataSource:
-    """The data source a config describes: the LRB, or an activation store."""
-    from sdlkit.store import StoreDataConfig, StoreSource  # the store reads LRB seeding: import it late
-
-    if isinstance(config, StoreDataConfig):
-        return StoreSource(config, device=device)
-    return LRBSource(config, device=device)
-
-
-__all__ = ["LRB_PRESETS", "Batch", "DataSource", "LRBConfig", "LRBSource", "build_source", "lrb_preset"]
+__all__ = [
+    "LRB_PRESETS",
+    "SOURCES",
+    "Batch",
+    "BlockScales",
+    "DataConfig",
+    "DataShape",
+    "DataSource",
+    "KnownDirections",
+    "LRBConfig",
+    "LRBSource",
+    "build_source",
+    "data_config",
+    "lrb_preset",
+    "register_source",
+]

@@ -28,12 +28,7 @@ def bench_data_config(checkpoint: Path, bench_config: str | None) -> LRBConfig:
     JSON), else the one its training recorded in config.json."""
     if bench_config is not None:
         values = load_yaml(bench_config)
-        values = values.get("data", values)
-        if "preset" in values:
-            from sdlkit.data.lrb.source import lrb_preset
-
-            return lrb_preset(values["preset"], **{k: v for k, v in values.items() if k != "preset"})
-        return validate(LRBConfig, values, "data")
+        return validate(LRBConfig, values.get("data", values), "data")
     run = read_config(resolve_checkpoint(checkpoint)).get("run")
     if not run or "data" not in run:
         raise ConfigError(

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
-from sdlkit.errors import STRICT_CONFIG, ConfigError, describe_validation_error
+from sdlkit.data.source import DataConfig, DataShape
+from sdlkit.errors import ConfigError
+from sdlkit.store.format import read_manifest
 
 
-class StoreDataConfig(BaseModel):
+class StoreDataConfig(DataConfig):
     """Which store, which modules feed x_p and x_r, and how rows are normalised, shuffled and held out."""
-
-    model_config = STRICT_CONFIG
 
     kind: Literal["store"] = Field("store", description="Data kind tag: an activation store on disk.")
     store: str = Field(description="Path of the store folder (written by the harvester).")
@@ -31,10 +30,13 @@ class StoreDataConfig(BaseModel):
         "statistics); sdlkit.store.fold_scales turns a model trained this way into one for raw activations.",
     )
     shuffle_buffer: int = Field(
-        262144, description="Rows held in memory for shuffling: rows are permuted within windows of about this size."
+        262144,
+        ge=1,
+        description="Rows held in memory for shuffling: rows are permuted within windows of about this size.",
     )
     eval_rows: int = Field(
         4096,
+        ge=1,
         description="Held-out rows for evaluation, never trained on: the last rows of the store, extended back to "
         "the start of their first dataset sample so that no sample is split between training and evaluation.",
     )
@@ -60,17 +62,16 @@ class StoreDataConfig(BaseModel):
             raise ValueError(f"{info.field_name} names {repeated} more than once")
         return value
 
-    @field_validator("shuffle_buffer", "eval_rows")
-    @classmethod
-    def _at_least_one(cls, value: int, info: ValidationInfo) -> int:
-        if value < 1:
-            raise ValueError(f"{info.field_name} must be >= 1")
-        return value
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], *, root: str = "data") -> StoreDataConfig:
-        """Validate `values`; any problem becomes a one-line ConfigError naming `root`.field."""
-        try:
-            return cls.model_validate(dict(values))
-        except ValidationError as err:
-            raise ConfigError(describe_validation_error(err, root, cls)) from None
+    def shape(self) -> DataShape:
+        """The widths of the `inputs` and `targets` modules, from the store's manifest."""
+        manifest = read_manifest(self.store)
+        dims = {name: spec.dim for name, spec in manifest.modules.items()}
+        inputs = self.inputs or list(dims)
+        targets = self.targets or inputs
+        unknown = [name for name in [*inputs, *targets] if name not in dims]
+        if unknown:
+            raise ConfigError(
+                f"data: module {unknown[0]!r} is not in the store {self.store}; it holds: {', '.join(dims)}"
+            )
+        in_blocks, out_blocks = [dims[n] for n in inputs], [dims[n] for n in targets]
+        return DataShape(sum(in_blocks), sum(out_blocks), in_blocks, out_blocks)

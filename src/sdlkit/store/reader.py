@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from sdlkit.data.source import Batch
+from sdlkit.data.source import Batch, BlockScales, DataSource, DirectionKind, KnownDirections, register_source
 from sdlkit.errors import ConfigError, StoreError
 from sdlkit.io import sha256
 from sdlkit.seeding import derive_seed
@@ -149,7 +149,7 @@ class ActivationStore:
             raise StoreError(f"shard {path} cannot be read ({err}); {shard_fix(self.path, i)}") from None
 
 
-class StoreSource:
+class StoreSource(DataSource):
     """The DataSource over a store: x_p = the `inputs` modules concatenated, x_r = the `targets`.
 
     `n_in`, `n_out`, `in_blocks`, `out_blocks` (module widths in order), `in_scales`/`out_scales` (per
@@ -229,9 +229,21 @@ class StoreSource:
             self._eval = Batch(x_p=x_p, x_r=x_r)
         return self._eval
 
-    def epoch_batches(self, batch_size: int) -> float:
-        """Batches per epoch (fractional: batches may straddle epochs)."""
-        return self.n_train / batch_size
+    def block_scales(self) -> BlockScales | None:
+        """`in_scales`, `out_scales` when `normalize` changed any of them, else None (raw rows)."""
+        if all(s == 1.0 for s in [*self.in_scales, *self.out_scales]):
+            return None
+        return BlockScales(list(self.in_scales), list(self.out_scales))
+
+    def known_directions(self, kind: DirectionKind = "auto") -> KnownDirections | None:
+        """A labelled store's class means (inputs -> W_p, targets -> W_r, columns named by label); None
+        for an unlabelled store or when ground truth is asked for (real data have none)."""
+        if kind == "ground_truth" or self.labels is None:
+            return None
+        mean_p, _, ids = self.class_means(self.inputs)
+        mean_r = mean_p if self._same else self.class_means(self.targets, classes=ids)[0]
+        names = [self.labels[i] for i in ids]
+        return KnownDirections(mean_p.T.contiguous(), mean_r.T.contiguous(), names, "labels")
 
     # ----- class means (anchors from labelled data) -----------------------------------------------
     def class_means(
@@ -432,3 +444,6 @@ class StoreSource:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._prefetch, self._window, self._window_key = None, None, None
+
+
+register_source("store", StoreDataConfig, StoreSource)

@@ -74,31 +74,13 @@ def shutdown() -> None:
 
 class RankSlice:
     """Rank `rank`'s part of every global batch: source.batch(index·W + rank, B/W). Everything else
-    (eval_batch, ground_truth, labels, scales …) is the wrapped source's."""
+    (eval_batch, known_directions, block_scales, ground_truth …) is the wrapped source's."""
 
     def __init__(self, source: Any, rank: int, world_size: int):
         self.source, self.rank, self.world_size = source, rank, world_size
 
     def batch(self, index: int, batch_size: int) -> Batch:
         return self.source.batch(index * self.world_size + self.rank, batch_size)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.source, name)
-
-
-class GlobalBatches:
-    """What W ranks see together, for one process: global batch `index` = the W rank slices stacked.
-    Equal to the source itself for position-based sources; used to check data-parallel runs."""
-
-    def __init__(self, source: Any, world_size: int):
-        self.source, self.world_size = source, world_size
-
-    def batch(self, index: int, batch_size: int) -> Batch:
-        local = local_batch_size(batch_size, self.world_size)
-        parts = [self.source.batch(index * self.world_size + r, local) for r in range(self.world_size)]
-        x_p = torch.cat([p.x_p for p in parts])
-        same = all(p.x_r is p.x_p for p in parts)
-        return Batch(x_p, x_p if same else torch.cat([p.x_r for p in parts]))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.source, name)

@@ -232,13 +232,13 @@ class Trainer:
         return self.config.model_dump(mode="json")
 
     def folded_weights(self) -> dict[str, torch.Tensor] | None:
-        """The weights for raw activations when the source normalises them (a store with
-        `normalize: true`), else None: W_E and W_D/b_D absorb the per-block scales (see fold_scales)."""
-        in_scales, out_scales = getattr(self.source, "in_scales", None), getattr(self.source, "out_scales", None)
-        if in_scales is None or all(s == 1.0 for s in [*in_scales, *out_scales]):
+        """The weights for raw activations when the source rescales them (`block_scales`, e.g. a store
+        with `normalize: true`), else None: W_E and W_D/b_D absorb the per-block scales (see fold_scales)."""
+        scales = self.source.block_scales()
+        if scales is None:
             return None
         tensors = {k: v.detach() for k, v in self.model.named_tensors().items()}
-        return fold_scales(tensors, self.source.in_blocks, self.source.out_blocks, in_scales, out_scales)
+        return fold_scales(tensors, self.source.in_blocks, self.source.out_blocks, scales.inputs, scales.outputs)
 
     def save_checkpoint(self) -> Path | None:
         """A checkpoint whose weights.safetensors is for raw activations (folded when the data were
@@ -247,8 +247,10 @@ class Trainer:
             return None
         state, extra, folded = self.state(), {}, self.folded_weights()
         if folded is not None:
+            scales = self.source.block_scales()
+            assert scales is not None  # folded weights exist only for a source with block scales
             state["train_weights"] = self.model.named_tensors()
-            extra["normalization"] = {"in_scales": self.source.in_scales, "out_scales": self.source.out_scales}
+            extra["normalization"] = {"in_scales": scales.inputs, "out_scales": scales.outputs}
         self.last_checkpoint = save_training_checkpoint(
             self.run_dir,
             self.step,

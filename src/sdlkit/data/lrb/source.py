@@ -25,18 +25,10 @@ a stream position is one integer. Shapes: codes [batch, n], x_p [batch, n_in], x
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
-from pydantic import (
-    BaseModel,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch.nn import functional as F
 
 from sdlkit.data.lrb.features import (
@@ -51,17 +43,16 @@ from sdlkit.data.lrb.features import (
     make_feature_matrix,
 )
 from sdlkit.data.lrb.hierarchy import Hierarchy, HierarchyConfig, impose_hierarchy
-from sdlkit.data.source import Batch
-from sdlkit.errors import STRICT_CONFIG, ConfigError, describe_validation_error
+from sdlkit.data.source import Batch, DataConfig, DataShape, DataSource, DirectionKind, KnownDirections, register_source
+from sdlkit.errors import ConfigError
 from sdlkit.seeding import derive_seed
 
 __all__ = ["LRB_PRESETS", "Hierarchy", "HierarchyConfig", "LRBConfig", "LRBSource", "lrb_preset"]
 
 
-class LRBConfig(BaseModel):
-    """Settings of the Linear Representation Bench (the `data:` section of a run config)."""
-
-    model_config = STRICT_CONFIG
+class LRBConfig(DataConfig):
+    """Settings of the Linear Representation Bench (the `data:` section of a run config). `preset: NAME`
+    starts from the named `LRB_PRESETS` entry; the other keys override it."""
 
     kind: Literal["lrb"] = Field("lrb", description="Data kind tag: the Linear Representation Bench.")
     mode: Literal["sae", "transcoder", "crosscoder"] = Field(
@@ -69,16 +60,17 @@ class LRBConfig(BaseModel):
         description="sae: x_r is x_p. transcoder: x_r = W_r x with an independent W_r [n_r, n]. "
         "crosscoder: n_sources independent W_p^(j), x_p = x_r = their outputs concatenated.",
     )
-    n_features: int = Field(description="n, the number of ground-truth features (> 0).")
-    n_p: int = Field(description="Dimension of x_p (of each source for a crosscoder) (> 0).")
+    n_features: int = Field(gt=0, description="n, the number of ground-truth features (> 0).")
+    n_p: int = Field(gt=0, description="Dimension of x_p (of each source for a crosscoder) (> 0).")
     n_r: int | None = Field(
-        None, description="Transcoder only: dimension of x_r (> 0); None = n_p. Not allowed in other modes."
+        None, gt=0, description="Transcoder only: dimension of x_r (> 0); None = n_p. Not allowed in other modes."
     )
     n_sources: int = Field(1, description="Crosscoder m, the number of sources (>= 2); must be 1 otherwise.")
     S: float = Field(description="Sparsity Pr(x_d = 0), in [0, 1); each feature is active with probability 1 − S.")
     M: float = Field(description="Maximum interference: max_{i != j} <w_i, w_j> <= M for the columns of W_p (and W_r).")
     c_min: float = Field(
         0.5,
+        ge=0,
         description="Minimum activation of an active feature (>= 0). Default 0.5 (paper gives none): with "
         "beta = 0.5 an active feature has mean magnitude c_min + beta = 1, and it never falls below half "
         "of that, so every active feature stays visible above the interference (<= M each) of the "
@@ -86,16 +78,18 @@ class LRBConfig(BaseModel):
     )
     beta: float = Field(
         0.5,
+        gt=0,
         description="Scale (= mean = std) of the exponential part of an active feature's magnitude (> 0). "
         "Default 0.5 so that the mean magnitude c_min + beta is 1 with a 2:1 spread of typical values.",
     )
     n_samples: int | None = Field(
         None,
+        gt=0,
         description="None: a fresh sample for every batch (infinite stream). N: a fixed training set of N "
         "samples (the paper's N = 100,000), stored sparsely on the device and reshuffled every epoch.",
     )
     eval_size: int = Field(
-        4096, description="Size of the fixed held-out evaluation set (> 0), from its own seed stream."
+        4096, ge=1, description="Size of the fixed held-out evaluation set (> 0), from its own seed stream."
     )
     seed: int = Field(0, description="Seeds everything in the data: W_p, W_r, training samples, evaluation set.")
     frame: Literal["gaussian", "tight"] = Field(
@@ -114,14 +108,15 @@ class LRBConfig(BaseModel):
     )
     interference_eps: float = Field(
         DEFAULT_EPS,
+        gt=0,
         description="Margin ε of the interference loss (see sdlkit.data.lrb.features.make_feature_matrix).",
     )
     interference_lam: float = Field(
-        DEFAULT_LAM, description="Weight λ of the positive-overlap penalty of the interference loss (>= 0)."
+        DEFAULT_LAM, ge=0, description="Weight λ of the positive-overlap penalty of the interference loss (>= 0)."
     )
-    interference_lr: float = Field(DEFAULT_LR, description="Base step η of the interference PGD (> 0).")
+    interference_lr: float = Field(DEFAULT_LR, gt=0, description="Base step η of the interference PGD (> 0).")
     interference_max_iters: int = Field(
-        DEFAULT_MAX_ITERS, description="Iteration limit of the interference PGD (>= 1)."
+        DEFAULT_MAX_ITERS, ge=1, description="Iteration limit of the interference PGD (>= 1)."
     )
     hierarchy: HierarchyConfig | None = Field(
         None,
@@ -131,12 +126,16 @@ class LRBConfig(BaseModel):
     )
 
     # ---- validators: ValueError with a message that names the field and the allowed values ----
-    @field_validator("n_features", "n_p")
+    @model_validator(mode="before")
     @classmethod
-    def _positive_int(cls, value: int, info: ValidationInfo) -> int:
-        if value <= 0:
-            raise ValueError(f"{info.field_name} must be > 0")
-        return value
+    def _preset(cls, values: Any) -> Any:
+        """{preset: NAME, **overrides} -> the preset's settings with the overrides applied."""
+        if not isinstance(values, dict) or "preset" not in values:
+            return values
+        name = values["preset"]
+        if name not in LRB_PRESETS:
+            raise ValueError(f"unknown LRB preset {name!r}; known presets: {', '.join(LRB_PRESETS)}")
+        return {**LRB_PRESETS[name], **{k: v for k, v in values.items() if k != "preset"}}
 
     @field_validator("n_r")
     @classmethod
@@ -146,8 +145,6 @@ class LRBConfig(BaseModel):
         mode = info.data.get("mode")
         if mode != "transcoder":
             raise ValueError(f"n_r is only allowed when mode is 'transcoder' (mode is {mode!r}); remove n_r")
-        if value <= 0:
-            raise ValueError("n_r must be > 0")
         return value
 
     @field_validator("n_sources")
@@ -165,48 +162,6 @@ class LRBConfig(BaseModel):
     def _S(cls, value: float) -> float:
         if not 0 <= value < 1:
             raise ValueError("S must be in [0, 1) (it is Pr(x_d = 0))")
-        return value
-
-    @field_validator("M")
-    @classmethod
-    def _M(cls, value: float) -> float:
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError("M must be a finite number")
-        return value
-
-    @field_validator("c_min")
-    @classmethod
-    def _c_min(cls, value: float) -> float:
-        if not value >= 0:
-            raise ValueError("c_min must be >= 0")
-        return value
-
-    @field_validator("beta", "interference_eps", "interference_lr")
-    @classmethod
-    def _positive_float(cls, value: float, info: ValidationInfo) -> float:
-        if not value > 0:
-            raise ValueError(f"{info.field_name} must be > 0")
-        return value
-
-    @field_validator("interference_lam")
-    @classmethod
-    def _lam(cls, value: float) -> float:
-        if not value >= 0:
-            raise ValueError("interference_lam must be >= 0")
-        return value
-
-    @field_validator("n_samples")
-    @classmethod
-    def _n_samples(cls, value: int | None) -> int | None:
-        if value is not None and value <= 0:
-            raise ValueError("n_samples must be > 0, or null for an infinite stream")
-        return value
-
-    @field_validator("eval_size", "interference_max_iters")
-    @classmethod
-    def _at_least_one(cls, value: int, info: ValidationInfo) -> int:
-        if value < 1:
-            raise ValueError(f"{info.field_name} must be >= 1")
         return value
 
     @model_validator(mode="after")
@@ -247,13 +202,12 @@ class LRBConfig(BaseModel):
         """n_r as used: the dimension of each W_r column (n_p unless a transcoder sets n_r)."""
         return self.n_r if self.n_r is not None else self.n_p
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], *, root: str = "data") -> LRBConfig:
-        """Validate `values`; any problem becomes a one-line ConfigError naming `root`.field."""
-        try:
-            return cls.model_validate(dict(values))
-        except ValidationError as err:
-            raise ConfigError(describe_validation_error(err, root, cls)) from None
+    def shape(self) -> DataShape:
+        """x_p: n_p, or m blocks of n_p for a crosscoder; x_r: the same, or n_r for a transcoder."""
+        if self.mode == "crosscoder":
+            blocks = [self.n_p] * self.n_sources
+            return DataShape(sum(blocks), sum(blocks), blocks, blocks)
+        return DataShape(self.n_p, self.target_dims, [self.n_p], [self.target_dims])
 
 
 LRB_PRESETS: dict[str, dict[str, Any]] = {
@@ -269,9 +223,7 @@ LRB_PRESETS: dict[str, dict[str, Any]] = {
 
 def lrb_preset(name: str, **overrides: Any) -> LRBConfig:
     """The preset `name` with `overrides` applied, validated (ConfigError on a bad name or value)."""
-    if name not in LRB_PRESETS:
-        raise ConfigError(f"unknown LRB preset {name!r}; known presets: {', '.join(LRB_PRESETS)}")
-    return LRBConfig.from_dict({**LRB_PRESETS[name], **overrides})
+    return LRBConfig.from_dict({"preset": name, **overrides})
 
 
 _Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -281,7 +233,7 @@ _SET_CHUNK = 4096
 """Rows drawn per generator when building the fixed training set (a constant, so the set is reproducible)."""
 
 
-class LRBSource:
+class LRBSource(DataSource):
     """Random-access LRB data on `device`: `batch(index, batch_size)`, `eval_batch()`, the ground truth.
 
     Attributes: `W_p` [n_in, n] (crosscoder: the m blocks W_p^(j) stacked along dim 0, also in
@@ -324,10 +276,9 @@ class LRBSource:
             )
         else:
             self.W_r = self.W_p
-        self.n_in = self.W_p.shape[0]
-        self.n_out = self.W_r.shape[0]
-        self.in_blocks = [config.n_p] * m
-        self.out_blocks = [config.n_p] * m if config.mode == "crosscoder" else [self.n_out]
+        shape = config.shape()
+        self.n_in, self.n_out = shape.n_in, shape.n_out
+        self.in_blocks, self.out_blocks = shape.in_blocks, shape.out_blocks
         self.hierarchy: Hierarchy | None = config.hierarchy.build() if config.hierarchy is not None else None
         if self.hierarchy is None:
             self.true_l0 = n * (1 - config.S)
@@ -404,6 +355,14 @@ class LRBSource:
         storage, so W_r is a copy when it is W_p)."""
         W_r = self.W_r.clone() if self.W_r is self.W_p else self.W_r
         return {"W_p": self.W_p.contiguous(), "W_r": W_r.contiguous()}
+
+    def known_directions(self, kind: DirectionKind = "auto") -> KnownDirections | None:
+        """The ground-truth features, named by their index (the bench has no labels)."""
+        if kind == "labels":
+            return None
+        truth = self.ground_truth()
+        names = [str(i) for i in range(self.config.n_features)]
+        return KnownDirections(truth["W_p"], truth["W_r"], names, "ground_truth")
 
     # ---- internals ----
     def _generator(self, stream: str, index: int) -> torch.Generator:
@@ -527,3 +486,6 @@ class LRBSource:
         offsets = torch.arange(total, device=self.device) - torch.repeat_interleave(out_ptr[:-1], counts)
         positions = torch.repeat_interleave(starts, counts) + offsets
         return out_ptr, col[positions].long(), val[positions]
+
+
+register_source("lrb", LRBConfig, LRBSource)
