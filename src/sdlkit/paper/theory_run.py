@@ -6,7 +6,6 @@ Writes `DIR/results.json` (a list of {check, claim, holds, figures}, the schema 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -115,7 +114,3 @@ def write_report(out: Path, results: list[dict[str, Any]], wall: float, quick: b
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
-
-
-def load_results(out: Path) -> list[dict[str, Any]]:
-    return json.loads((Path(out) / "results.json").read_text())
