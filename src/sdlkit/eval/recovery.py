@@ -37,6 +37,7 @@ from sdlkit.errors import ConfigError, ShapeError, check_matrix
 __all__ = [
     "best_match",
     "dictionary_recovery",
+    "feature_mask",
     "gt_recovery",
     "matched_recovery",
     "matched_scores",
@@ -253,7 +254,8 @@ def matched_recovery(
 
 
 # ----- a whole dictionary ---------------------------------------------------------------------------
-def _keep_mask(exclude: Sequence[int] | torch.Tensor | None, n: int) -> torch.Tensor:
+def feature_mask(exclude: Sequence[int] | torch.Tensor | None, n: int) -> torch.Tensor:
+    """[n] bool, False at the `exclude` indices (checked: integers in [0, n), not all of them)."""
     keep = torch.ones(n, dtype=torch.bool)
     if exclude is None:
         return keep
@@ -324,7 +326,7 @@ def dictionary_recovery(
     if n == 0:
         raise ShapeError("W_p has no feature columns to score")
     device = model.W_E.device
-    keep = _keep_mask(exclude, n).to(device)
+    keep = feature_mask(exclude, n).to(device)
     W_p = W_p.detach().to(device)[:, keep]
     W_r = W_r.detach().to(device)[:, keep]
     encoder = model.W_E.detach()  # [n_latents, n_in]: rows

@@ -25,9 +25,8 @@ import torch
 from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.data.lrb.source import LRBSource
 from sdlkit.eval.metrics import reconstruction_metrics
-from sdlkit.eval.recovery import dictionary_recovery
 from sdlkit.io import save, save_tensors
-from sdlkit.paper.bench.scoring import encoder_geometry
+from sdlkit.paper.bench.scoring import score
 
 REFERENCES = ("chance", "oracle", "dictionary-learning")
 FIT_SAMPLES = 16_384
@@ -133,8 +132,7 @@ def reference_records(
             continue
         model, extra = built
         save(model, folder / name)
-        record = dictionary_recovery(model, truth["W_p"], truth["W_r"], exclude=exclude, tau=tau, matched=True)
-        record |= encoder_geometry(model.W_E, source.dual_p(), exclude)
+        record = score(model, source, exclude, tau, curves=False)
         if not extra.pop("encoder", True):  # no encoder rows: only the atoms are a dictionary
             for key in [k for k in record if not k.endswith("_decoder")]:
                 record[key] = None
