@@ -2,6 +2,7 @@
 re-implemented here from their source (not from sdlkit) and run on the written files, and clear errors."""
 
 import json
+from typing import ClassVar, Literal
 
 import pytest
 import torch
@@ -11,6 +12,9 @@ import sdlkit
 from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.errors import CheckpointError, ConfigError, SdlkitError
 from sdlkit.interop import export_checkpoint, import_checkpoint
+from sdlkit.methods import METHODS as REGISTRY
+from sdlkit.methods import Activation, MethodConfig
+from sdlkit.methods.exchange import Exchange, Written
 
 N_IN, N_LATENTS = 12, 24
 METHODS = {
@@ -163,6 +167,49 @@ def test_transcoder_exports_with_d_out(tmp_path, method):
     back = sdlkit.load(tmp_path / "back").eval()
     assert (back.n_in, back.n_out) == (N_IN, 7)
     torch.testing.assert_close(back(inputs()).x_hat, model(inputs()).x_hat, atol=1e-6, rtol=0)
+
+
+# ----- a method's form is declared by its config alone ----------------------------------------------------
+class ShiftedReLU(Activation):
+    """σ(z) = ReLU(z − c), c a per-latent offset: SAELens's 'standard' architecture with b_enc = b_E − c."""
+
+    def __init__(self, n_latents: int):
+        super().__init__()
+        self.offset = torch.nn.Parameter(torch.zeros(n_latents))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.relu(z - self.offset)
+
+
+def _write_shifted(config, activation, bias):
+    return Written({"b_enc": bias - activation.offset.detach().double()}, notes=["offset folded into b_enc"])
+
+
+class ShiftedReLUConfig(MethodConfig):
+    name: Literal["shifted-relu"] = "shifted-relu"
+    exchange: ClassVar[dict[str, Exchange | str]] = {
+        "saelens": Exchange("standard", _write_shifted, transcoder="transcoder"),  # read back as relu
+        "sparsify": "has a per-latent offset, which sparsify's TopK cannot hold",
+    }
+
+    def build_activation(self, n_latents: int) -> Activation:
+        return ShiftedReLU(n_latents)
+
+
+def test_a_new_method_exports_through_its_own_declaration(tmp_path, monkeypatch):
+    monkeypatch.setitem(REGISTRY, "shifted-relu", ShiftedReLUConfig)  # registered here; interop is untouched
+    model = randomised({"name": "shifted-relu"})
+    out = export_checkpoint(saved(model, tmp_path), tmp_path / "sl", "saelens")
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert cfg["architecture"] == "standard" and cfg["metadata"]["sdlkit"]["notes"] == ["offset folded into b_enc"]
+    codes, x_hat = saelens_forward(out, inputs())
+    assert_sparse(codes)
+    torch.testing.assert_close(codes, model.encode(inputs()), atol=1e-6, rtol=0)
+    torch.testing.assert_close(x_hat, model(inputs()).x_hat, atol=1e-6, rtol=0)
+    import_checkpoint(out, tmp_path / "back", "saelens")
+    assert sdlkit.load(tmp_path / "back").method.name == "relu"
+    with pytest.raises(ConfigError, match="this shifted-relu dictionary has a per-latent offset"):
+        export_checkpoint(saved(model, tmp_path), tmp_path / "sp", "sparsify")
 
 
 # ----- SAELens: import of folders written by hand -------------------------------------------------------

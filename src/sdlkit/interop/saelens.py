@@ -15,11 +15,12 @@ Exports write `apply_b_dec_to_input: false` and the 6.x layout (hook and model n
 `metadata`); imports also read pre-6.0 configs (top-level `hook_point`, `activation_fn`: topk with
 `activation_fn_kwargs.k`, boolean `normalize_activations`, `apply_b_dec_to_input` defaulting to true).
 
-Mapping of sdlkit methods: relu → standard; jumprelu → jumprelu (threshold = exp(log_threshold));
-topk → topk; gated → gated (b_gate = b_E, b_mag = exp(r_mag)·b_E + b_mag); batchtopk → jumprelu with
-its learned inference threshold on every latent (SAELens saves its own BatchTopK SAEs that way);
-matryoshka → as its selection (topk or batchtopk). Transcoders: transcoder / jumprelu_transcoder
-(SAELens has no TopK or Gated transcoder); crosscoders have no SAELens format.
+Each method declares its SAELens form in its own file (`exchange["saelens"]`, sdlkit.methods.exchange):
+relu → standard; jumprelu → jumprelu (threshold = exp(log_threshold)); topk → topk; gated → gated
+(b_gate = b_E, b_mag = exp(r_mag)·b_E + b_mag); batchtopk → jumprelu with its learned inference threshold
+on every latent (SAELens saves its own BatchTopK SAEs that way); matryoshka → as its selection.
+Transcoders: transcoder / jumprelu_transcoder (SAELens has no TopK or Gated transcoder); crosscoders have
+no SAELens format. This module does what every architecture shares: files, layout, b_dec, dtypes.
 """
 
 from __future__ import annotations
@@ -31,18 +32,9 @@ import torch
 
 from sdlkit.core.model import SparseDictionary
 from sdlkit.errors import CheckpointError, ConfigError
-from sdlkit.interop import (
-    Imported,
-    as_float64,
-    build_dictionary,
-    dictionary_kind,
-    find_folder,
-    read_json,
-    refuse_extra,
-    selection,
-    take,
-    torch_dtype_name,
-)
+from sdlkit.interop.dictionary import Imported, as_float64, dictionary_kind, torch_dtype_name
+from sdlkit.interop.files import find_folder, read_json, take
+from sdlkit.interop.forms import Foreign, export_form, readers
 from sdlkit.io import load_tensors
 
 CONFIG_FILE = "cfg.json"
@@ -50,11 +42,18 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 LAYOUT_VERSION = "6.0.0"
 """Written as metadata.sae_lens_version: tells SAELens the config uses the 6.x layout."""
 
-RELU = {"standard", "transcoder", "skip_transcoder"}
-JUMPRELU = {"jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder"}
-TRANSCODERS = {"transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder"}
-ARCHITECTURES = sorted(RELU | JUMPRELU | {"topk", "gated"})
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _skip_free(architecture: str) -> str:
+    """A skip transcoder is read as the transcoder it is once its W_skip is checked to be zero."""
+    return architecture.replace("skip_transcoder", "transcoder")
+
+
+def architectures() -> list[str]:
+    """Every SAELens architecture sdlkit reads: the methods' forms, and their skip transcoders."""
+    names = set(readers("saelens"))
+    return sorted(names | {name.replace("transcoder", "skip_transcoder") for name in names if "transcoder" in name})
 
 
 # ----- export -------------------------------------------------------------------------------------------
@@ -66,61 +65,33 @@ def to_files(
     if kind == "crosscoder":
         raise ConfigError("a crosscoder cannot be exported to SAELens: it has no crosscoder format")
     transcoder = kind == "transcoder"
-    sigma = selection(model.method)
-    n_latents = model.n_latents
-    b_E = as_float64(model.b_E, n_latents)
-    tensors: dict[str, torch.Tensor] = {
+    inference, form, notes = export_form(model.method, "saelens")
+    if form is None:
+        raise ConfigError(f"method {model.method.name!r} has no SAELens equivalent")
+    if transcoder and form.transcoder is None:
+        known = " and ".join(sorted({f.transcoder for f in readers("saelens").values() if f.transcoder}, key=len))
+        raise ConfigError(
+            f"SAELens has no {inference.name} transcoder (only {known}): this "
+            f"{model.method.name} transcoder cannot be exported to it"
+        )
+    written = form.write(inference, model.activation, as_float64(model.b_E, model.n_latents))
+    tensors = {
         "W_enc": model.W_E.detach().T,
         "W_dec": model.W_D.detach().T,
         "b_dec": as_float64(model.b_D, model.n_out),
+        **written.tensors,
     }
-    fields: dict[str, Any] = {}
-    notes: list[str] = []
-    if sigma == "relu":
-        architecture = "transcoder" if transcoder else "standard"
-        tensors["b_enc"] = b_E
-    elif sigma in ("jumprelu", "batchtopk"):
-        architecture = "jumprelu_transcoder" if transcoder else "jumprelu"
-        tensors["b_enc"] = b_E
-        threshold = model.activation.threshold.detach().to(torch.float64)
-        if sigma == "batchtopk":
-            threshold = threshold.clamp_min(0).expand(n_latents)
-            notes.append(
-                f"BatchTopK exported in its inference form: JumpReLU with the learned global threshold "
-                f"{threshold[0].item():.6g} on every latent (codes no longer depend on the batch)"
-            )
-        tensors["threshold"] = threshold
-    elif sigma in ("topk", "gated") and transcoder:
-        raise ConfigError(
-            f"SAELens has no {sigma} transcoder (only transcoder and jumprelu_transcoder): this "
-            f"{model.method.name} transcoder cannot be exported to it"
-        )
-    elif sigma == "topk":
-        architecture = "topk"
-        tensors["b_enc"] = b_E
-        fields = {"k": model.method.k, "rescale_acts_by_decoder_norm": False}
-    elif sigma == "gated":
-        architecture = "gated"
-        r_mag = model.activation.r_mag.detach().to(torch.float64)
-        tensors["b_gate"] = b_E
-        tensors["r_mag"] = r_mag
-        tensors["b_mag"] = r_mag.exp() * b_E + model.activation.b_mag.detach().to(torch.float64)
-    else:
-        raise ConfigError(f"method {model.method.name!r} has no SAELens equivalent")
-    if model.method.name == "matryoshka":
-        notes.append("Matryoshka prefixes only shape training; exported as its inference σ, " + sigma)
-    dtype = model.W_E.dtype
     cfg: dict[str, Any] = {
-        "architecture": architecture,
+        "architecture": form.transcoder if transcoder else form.architecture,
         "d_in": model.n_in,
-        "d_sae": n_latents,
+        "d_sae": model.n_latents,
         **({"d_out": model.n_out} if transcoder else {}),
         "dtype": model.config.dtype,
         "device": "cpu",
         "apply_b_dec_to_input": False,
         "normalize_activations": "none",
         "reshape_activations": "none",
-        **fields,
+        **written.fields,
         "metadata": {
             "sae_lens_version": LAYOUT_VERSION,
             "sae_lens_training_version": None,
@@ -128,9 +99,10 @@ def to_files(
             "hook_name": hook_name,
             "hook_head_index": None,
             **({"hook_name_out": None} if transcoder else {}),
-            "sdlkit": {"method": model.method.model_dump(mode="json"), "notes": notes},
+            "sdlkit": {"method": model.method.model_dump(mode="json"), "notes": written.notes + notes},
         },
     }
+    dtype = model.W_E.dtype
     return cfg, {name: tensor.to(dtype) for name, tensor in tensors.items()}
 
 
@@ -179,9 +151,9 @@ def _dtype(cfg: dict[str, Any], path: Path) -> tuple[str, list[str]]:
     return torch_dtype_name(DTYPES[name])
 
 
-def from_files(in_dir: Path) -> Imported:
-    """Read a SAELens folder (or a parent folder holding exactly one) into an sdlkit dictionary."""
-    folder = find_folder(Path(in_dir), CONFIG_FILE, "SAELens")
+def _config(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(cfg.json as read, the same in the 6.x layout), once its architecture and normalisation are ones
+    sdlkit can hold and the weights file is there."""
     cfg_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     raw = read_json(cfg_path)
     if not weights_path.is_file():
@@ -189,10 +161,10 @@ def from_files(in_dir: Path) -> Imported:
         hint = "; the folder has sae.safetensors: use --format sparsify" if sparsify else ""
         raise CheckpointError(f"SAELens weights file {weights_path} is missing{hint}")
     cfg = _layout_6(raw, cfg_path)
-    architecture = cfg.get("architecture")
-    if architecture not in ARCHITECTURES:
+    architecture, supported = cfg.get("architecture"), architectures()
+    if architecture not in supported:
         raise CheckpointError(
-            f"{cfg_path}: architecture {architecture!r} cannot be imported; supported: {', '.join(ARCHITECTURES)}"
+            f"{cfg_path}: architecture {architecture!r} cannot be imported; supported: {', '.join(supported)}"
         )
     normalize = cfg.get("normalize_activations") or "none"
     if normalize != "none":
@@ -201,74 +173,67 @@ def from_files(in_dir: Path) -> Imported:
             "encoder cannot hold: fold it into the weights first (SAELens: sae.fold_activation_norm_scaling_factor, "
             "then save_model) or use an SAE saved with 'none'"
         )
-    if architecture == "gated" and cfg.get("normalize_decoder"):
-        raise CheckpointError(f"{cfg_path}: gated SAEs with normalize_decoder = true are not supported")
-    transcoder = architecture in TRANSCODERS
+    return raw, cfg
+
+
+def _fold_scaling(
+    tensors: dict[str, torch.Tensor], W_dec: torch.Tensor, path: Path, why: str
+) -> tuple[torch.Tensor, list[str]]:
+    """W_dec [d_sae, d_out] with a pre-6.0 finetuning scale folded in: x̂ = (f ⊙ s) W_dec + b_dec."""
+    if "scaling_factor" not in tensors:
+        return W_dec, []
+    scale = take(tensors, "scaling_factor", (W_dec.shape[0],), path, why)
+    if torch.equal(scale, torch.ones_like(scale)):
+        return W_dec, []
+    return W_dec * scale[:, None], ["finetuning scaling_factor folded into the decoder columns"]
+
+
+def from_files(in_dir: Path) -> Imported:
+    """Read a SAELens folder (or a parent folder holding exactly one) into an sdlkit dictionary: this
+    module reads the layout, b_dec and its input centring; the architecture's form (declared by a method)
+    reads the rest."""
+    folder = find_folder(Path(in_dir), CONFIG_FILE, "SAELens")
+    cfg_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    raw, cfg = _config(folder)
+    architecture = _skip_free(cfg["architecture"])
+    form = readers("saelens")[architecture]
+    transcoder = architecture == form.transcoder
     d_in, d_sae = _int_field(cfg, "d_in", cfg_path), _int_field(cfg, "d_sae", cfg_path)
     d_out = _int_field(cfg, "d_out", cfg_path) if transcoder else d_in
     dtype, notes = _dtype(cfg, cfg_path)
     why = f"cfg.json (d_in={d_in}, d_sae={d_sae}" + (f", d_out={d_out})" if transcoder else ")")
 
     tensors = dict(load_tensors(weights_path))
-    if architecture in JUMPRELU and "threshold" not in tensors and "log_threshold" in tensors:
-        tensors["threshold"] = tensors.pop("log_threshold").exp()
-        notes.append("log_threshold (older SAELens) read as threshold = exp(log_threshold)")
     W_enc = take(tensors, "W_enc", (d_in, d_sae), weights_path, why)
     W_dec = take(tensors, "W_dec", (d_sae, d_out), weights_path, why)
     b_dec = take(tensors, "b_dec", (d_out,), weights_path, why)
+    W_dec, scaled = _fold_scaling(tensors, W_dec, weights_path, why)
     known = {"W_enc", "W_dec", "b_dec", "scaling_factor"}
-    if "scaling_factor" in tensors:  # pre-6.0 finetuning scale: x̂ = (f ⊙ s) W_dec + b_dec
-        scale = take(tensors, "scaling_factor", (d_sae,), weights_path, why)
-        if not torch.equal(scale, torch.ones_like(scale)):
-            W_dec = W_dec * scale[:, None]
-            notes.append("finetuning scaling_factor folded into the decoder columns")
-    if architecture.endswith("skip_transcoder"):
+    if cfg["architecture"] != architecture:  # a skip transcoder
         known.add("W_skip")
         if take(tensors, "W_skip", (d_out, d_in), weights_path, why).abs().max() > 0:
             raise CheckpointError(
                 f"{weights_path}: W_skip is non-zero; sdlkit dictionaries have no linear skip connection"
             )
-
     applies = bool(cfg.get("apply_b_dec_to_input", True)) and not transcoder  # SAELens transcoders never apply it
     shift = b_dec @ W_enc if applies else torch.zeros(d_sae, dtype=torch.float64)
+    notes += scaled
     if applies:
         notes.append("apply_b_dec_to_input folded: b_E = b_enc − b_dec·W_enc (pre-activations unchanged)")
-    extras: dict[str, torch.Tensor] = {}
-    if architecture == "gated":
-        known |= {"b_gate", "r_mag", "b_mag"}
-        b_gate = take(tensors, "b_gate", (d_sae,), weights_path, why)
-        r_mag = take(tensors, "r_mag", (d_sae,), weights_path, why)
-        b_mag = take(tensors, "b_mag", (d_sae,), weights_path, why)
-        b_E = b_gate - shift
-        # magnitude path: xc W_enc e^r + b_mag = e^r (x W_enc + b_E) + (b_mag − e^r b_gate); the shift cancels
-        extras = {"r_mag": r_mag, "b_mag": b_mag - r_mag.exp() * b_gate}
-        method: dict[str, Any] = {"name": "gated"}
-    else:
-        known.add("b_enc")
-        b_E = take(tensors, "b_enc", (d_sae,), weights_path, why) - shift
-        if architecture in RELU:
-            method = {"name": "relu"}
-        elif architecture in JUMPRELU:
-            known.add("threshold")
-            threshold = take(tensors, "threshold", (d_sae,), weights_path, why)
-            bad = int((threshold <= 0).sum())
-            if bad:
-                raise CheckpointError(
-                    f"{weights_path}: {bad} of {d_sae} JumpReLU thresholds are <= 0 (smallest "
-                    f"{threshold.min().item():.3g}); sdlkit stores log(threshold) and needs every threshold > 0"
-                )
-            extras = {"log_threshold": threshold.log()}
-            method = {"name": "jumprelu"}
-        else:  # topk
-            method = {"name": "topk", "k": _int_field(cfg, "k", cfg_path, high=d_sae)}
-            if cfg.get("rescale_acts_by_decoder_norm"):
-                # TopK ranks h·‖W_dec row‖ and decodes f/‖W_dec row‖: fold both scalings into the weights
-                norms = W_dec.norm(dim=1)
-                W_enc, b_E = W_enc * norms, b_E * norms
-                W_dec = W_dec / torch.where(norms > 0, norms, 1.0)[:, None]  # zero rows stay zero
-                notes.append("rescale_acts_by_decoder_norm folded into W_E, b_E and unit-norm decoder columns")
-    refuse_extra(tensors, known, weights_path)
+    foreign = Foreign(
+        config=cfg,
+        config_path=cfg_path,
+        weights_path=weights_path,
+        tensors=tensors,
+        why=why,
+        integer=lambda name: _int_field(cfg, name, cfg_path, high=d_sae),
+        W_E=W_enc.T,
+        W_D=W_dec.T,
+        b_D=b_dec,
+        shift=shift,
+        notes=notes,
+    )
+    model = foreign.finish(form, dtype, known)
     if cfg.get("reshape_activations") == "hook_z":
-        notes.append("reshape_activations = hook_z: feed the flattened [n_heads · d_head] vectors")
-    model = build_dictionary(W_enc.T, b_E, W_dec.T, b_dec, method, dtype, extras)
-    return Imported(model=model, kind="transcoder" if transcoder else "sae", source=raw, notes=notes)
+        foreign.notes.append("reshape_activations = hook_z: feed the flattened [n_heads · d_head] vectors")
+    return Imported(model=model, kind="transcoder" if transcoder else "sae", source=raw, notes=foreign.notes)

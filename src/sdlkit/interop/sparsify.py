@@ -14,7 +14,8 @@ so sdlkit's W_E = encoder.weight, b_E = encoder.bias − encoder.weight b_dec (a
 ReLU-then-TopK and TopK-then-ReLU give the same codes. Only per-sample TopK is representable: BatchTopK's
 inference threshold has no sparsify form (use the SAELens format), nor do GroupMax, signed TopK or a
 non-zero skip connection. sparsify assumes d_out = d_in, so transcoders with n_out ≠ n_in cannot go there.
-`multi_topk` and `normalize_decoder` only shape training and are carried as they are.
+`multi_topk` and `normalize_decoder` only shape training and are carried as they are. The TopK form
+(k and the encoder bias) is declared by TopKConfig in sdlkit/methods/topk.py (`exchange["sparsify"]`).
 """
 
 from __future__ import annotations
@@ -26,18 +27,9 @@ import torch
 
 from sdlkit.core.model import SparseDictionary
 from sdlkit.errors import CheckpointError, ConfigError
-from sdlkit.interop import (
-    Imported,
-    as_float64,
-    build_dictionary,
-    dictionary_kind,
-    find_folder,
-    read_json,
-    refuse_extra,
-    selection,
-    take,
-    torch_dtype_name,
-)
+from sdlkit.interop.dictionary import Imported, as_float64, dictionary_kind, torch_dtype_name
+from sdlkit.interop.files import find_folder, read_json, take
+from sdlkit.interop.forms import Foreign, export_form, readers
 from sdlkit.io import load_tensors
 
 CONFIG_FILE = "cfg.json"
@@ -45,6 +37,8 @@ WEIGHTS_FILE = "sae.safetensors"
 
 UNSUPPORTED_FLAGS = ("signed", "embed_skip", "gram_lookup", "matching_pursuit")
 """Options of sparsify versions and forks that change the forward pass in ways sdlkit cannot hold."""
+DEFAULTS = {"k": 32, "expansion_factor": 32, "num_latents": 0}
+"""sparsify's SparseCoderConfig defaults, for fields a cfg.json leaves out."""
 
 
 # ----- export -------------------------------------------------------------------------------------------
@@ -56,13 +50,8 @@ def to_files(
     kind = dictionary_kind(model, config)
     if kind == "crosscoder":
         raise ConfigError("a crosscoder cannot be exported to sparsify: it has no crosscoder format")
-    sigma = selection(model.method)
-    if sigma == "batchtopk":
-        raise ConfigError(
-            f"this {model.method.name} dictionary uses a BatchTopK threshold at inference, which sparsify's "
-            "per-sample TopK cannot express: export it with --format saelens (as JumpReLU)"
-        )
-    if sigma != "topk":
+    inference, form, _ = export_form(model.method, "sparsify")
+    if form is None:
         raise ConfigError(
             f"sparsify holds TopK dictionaries only; method {model.method.name!r} cannot be exported to it "
             "(use --format saelens)"
@@ -73,24 +62,27 @@ def to_files(
             "use --format saelens"
         )
     transcode = kind == "transcoder"
+    if transcode and form.transcoder is None:
+        raise ConfigError(f"sparsify has no {inference.name} transcoder: use --format saelens")
     W_E = model.W_E.detach().to(torch.float64)
     b_D = as_float64(model.b_D, model.n_out)
     bias = as_float64(model.b_E, model.n_latents)
     if not transcode:  # sparsify encodes x − b_dec: W_E(x − b_D) + bias = W_E x + b_E
         bias = bias + W_E @ b_D
+    written = form.write(inference, model.activation, bias)
     dtype = model.W_E.dtype
     tensors = {
         "encoder.weight": model.W_E.detach(),
-        "encoder.bias": bias.to(dtype),
+        **{name: tensor.to(dtype) for name, tensor in written.tensors.items()},
         "W_dec": model.W_D.detach().T.to(dtype),
         "b_dec": b_D.to(dtype),
     }
     cfg = {
-        "activation": "topk",
+        "activation": form.architecture,
         "expansion_factor": max(1, model.n_latents // model.n_in),
         "normalize_decoder": model.config.unit_norm_decoder,
         "num_latents": model.n_latents,
-        "k": model.method.k,
+        **written.fields,
         "multi_topk": False,
         "skip_connection": False,
         "transcode": transcode,
@@ -100,8 +92,8 @@ def to_files(
 
 
 # ----- import -------------------------------------------------------------------------------------------
-def _int(cfg: dict[str, Any], name: str, path: Path, default: Any = None) -> int:
-    value = cfg.get(name, default)
+def _int(cfg: dict[str, Any], name: str, path: Path) -> int:
+    value = cfg.get(name, DEFAULTS.get(name))
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -109,9 +101,16 @@ def _int(cfg: dict[str, Any], name: str, path: Path, default: Any = None) -> int
     return value
 
 
-def from_files(in_dir: Path) -> Imported:
-    """Read a sparsify hook-point folder (or a parent holding exactly one) into an sdlkit dictionary."""
-    folder = find_folder(Path(in_dir), CONFIG_FILE, "sparsify")
+def _latent_count(cfg: dict[str, Any], name: str, path: Path, n_latents: int) -> int:
+    """A config field that counts latents (k): an integer in [1, num_latents]."""
+    value = _int(cfg, name, path)
+    if not 1 <= value <= n_latents:
+        raise CheckpointError(f"{path}: {name} = {value} must be in [1, num_latents = {n_latents}]")
+    return value
+
+
+def _config(folder: Path) -> dict[str, Any]:
+    """cfg.json, once the weights file is there and no option changes the forward pass beyond sdlkit's."""
     cfg_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     cfg = read_json(cfg_path)
     if not weights_path.is_file():
@@ -121,41 +120,58 @@ def from_files(in_dir: Path) -> Imported:
             else ""
         )
         raise CheckpointError(f"sparsify weights file {weights_path} is missing{hint}")
-    activation = cfg.get("activation", "topk")
-    if activation != "topk":
-        raise CheckpointError(f"{cfg_path}: activation = {activation!r} is not supported; sdlkit reads topk")
+    activation, supported = cfg.get("activation", "topk"), readers("sparsify")
+    if activation not in supported:
+        raise CheckpointError(
+            f"{cfg_path}: activation = {activation!r} is not supported; sdlkit reads {', '.join(sorted(supported))}"
+        )
     flags = [flag for flag in UNSUPPORTED_FLAGS if cfg.get(flag)]
     if flags:
         raise CheckpointError(f"{cfg_path}: {', '.join(flags)} = true changes the forward pass; sdlkit cannot hold it")
+    return cfg
+
+
+def from_files(in_dir: Path) -> Imported:
+    """Read a sparsify hook-point folder (or a parent holding exactly one) into an sdlkit dictionary: this
+    module reads the layout, b_dec and the input centring; the activation's form (TopK's) reads the rest."""
+    folder = find_folder(Path(in_dir), CONFIG_FILE, "sparsify")
+    cfg_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    cfg = _config(folder)
     d_in = _int(cfg, "d_in", cfg_path)
     if d_in < 1:
         raise CheckpointError(f"{cfg_path}: d_in = {d_in} must be >= 1")
-    n_latents = _int(cfg, "num_latents", cfg_path, 0) or d_in * _int(cfg, "expansion_factor", cfg_path, 32)
-    k = _int(cfg, "k", cfg_path, 32)
-    if not 1 <= k <= n_latents:
-        raise CheckpointError(f"{cfg_path}: k = {k} must be in [1, num_latents = {n_latents}]")
+    n_latents = _int(cfg, "num_latents", cfg_path) or d_in * _int(cfg, "expansion_factor", cfg_path)
     transcode = bool(cfg.get("transcode", False))
 
     raw = load_tensors(weights_path)
     why = f"cfg.json (d_in={d_in}, num_latents={n_latents})"
     W_E = take(raw, "encoder.weight", (n_latents, d_in), weights_path, why)
-    bias = take(raw, "encoder.bias", (n_latents,), weights_path, why)
     W_dec = take(raw, "W_dec", (n_latents, d_in), weights_path, why)
     b_dec = take(raw, "b_dec", (d_in,), weights_path, why)
-    known = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"}
-    notes: list[str] = []
+    known = {"encoder.weight", "W_dec", "b_dec"}
+    dtype, notes = torch_dtype_name(raw["encoder.weight"].dtype)
     if "W_skip" in raw or cfg.get("skip_connection"):
         known.add("W_skip")
         if take(raw, "W_skip", (d_in, d_in), weights_path, why).abs().max() > 0:
             raise CheckpointError(f"{weights_path}: W_skip is non-zero; sdlkit dictionaries have no skip connection")
         notes.append("all-zero W_skip dropped")
-    refuse_extra(raw, known, weights_path)
-    dtype, dtype_notes = torch_dtype_name(raw["encoder.weight"].dtype)
-    notes += dtype_notes
     if transcode:
-        b_E = bias
+        shift = torch.zeros(n_latents, dtype=torch.float64)
     else:
-        b_E = bias - W_E @ b_dec
+        shift = W_E @ b_dec
         notes.append("input centring folded: b_E = encoder.bias − encoder.weight·b_dec (pre-activations unchanged)")
-    model = build_dictionary(W_E, b_E, W_dec.T, b_dec, {"name": "topk", "k": k}, dtype)
-    return Imported(model=model, kind="transcoder" if transcode else "sae", source=cfg, notes=notes)
+    foreign = Foreign(
+        config=cfg,
+        config_path=cfg_path,
+        weights_path=weights_path,
+        tensors=dict(raw),
+        why=why,
+        integer=lambda name: _latent_count(cfg, name, cfg_path, n_latents),
+        W_E=W_E,
+        W_D=W_dec.T,
+        b_D=b_dec,
+        shift=shift,
+        notes=notes,
+    )
+    model = foreign.finish(readers("sparsify")[cfg.get("activation", "topk")], dtype, known)
+    return Imported(model=model, kind="transcoder" if transcode else "sae", source=cfg, notes=foreign.notes)

@@ -16,6 +16,7 @@ from torch import nn
 from sdlkit.core.kernels import Chunks, SparsePattern
 from sdlkit.core.objective import AuxK, Reconstruction, Term
 from sdlkit.errors import STRICT_CONFIG, ConfigError
+from sdlkit.methods.exchange import Exchange
 
 
 class Activation(nn.Module):
@@ -61,6 +62,14 @@ class MethodConfig(BaseModel):
     topk_family: ClassVar[bool] = False
     """True for σ that select a fixed number of latents (TopK, BatchTopK, Matryoshka): AuxK applies,
     and σ implements `Activation.select`, so the sparse kernel (sdlkit.core.kernels) can train it."""
+    exchange: ClassVar[dict[str, Exchange | str]] = {}
+    """Its form in other libraries' formats by format name (sdlkit.methods.exchange, used by sdlkit.interop);
+    a string says why a format cannot hold it."""
+
+    def inference_form(self) -> MethodConfig:
+        """The method whose σ this one uses at inference, which is what an export writes: itself, unless
+        the method only shapes training around another σ (Matryoshka)."""
+        return self
 
     def build_activation(self, n_latents: int) -> Activation:
         raise NotImplementedError

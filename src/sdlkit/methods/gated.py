@@ -13,13 +13,15 @@ decoder frozen (detached) in the auxiliary term, which trains the gate to recons
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
 
 from sdlkit.core.objective import L1Penalty, Reconstruction, Term, TermContext, squared_error
+from sdlkit.errors import CheckpointError
 from sdlkit.methods.base import Activation, MethodConfig, register_method
+from sdlkit.methods.exchange import Exchange, Reading, Written
 
 
 class Gated(Activation):
@@ -61,6 +63,23 @@ class GateReconstruction:
         return self.coefficient * squared_error(ctx.x_r, x_gate).mean()
 
 
+def _write_saelens(config: GatedConfig, activation: Gated, bias: torch.Tensor) -> Written:
+    """SAELens's gate bias is b_E; its magnitude path xc (W_enc ⊙ e^r) + b_mag needs b_mag = e^r b_E + c."""
+    r_mag = activation.r_mag.detach().to(torch.float64)
+    b_mag = r_mag.exp() * bias + activation.b_mag.detach().to(torch.float64)
+    return Written({"b_gate": bias, "r_mag": r_mag, "b_mag": b_mag})
+
+
+def _read_saelens(reading: Reading) -> None:
+    if reading.config.get("normalize_decoder"):
+        raise CheckpointError(f"{reading.config_path}: gated SAEs with normalize_decoder = true are not supported")
+    b_gate, r_mag, b_mag = (reading.take(name) for name in ("b_gate", "r_mag", "b_mag"))
+    reading.b_E = b_gate - reading.shift
+    # magnitude path: xc W_enc e^r + b_mag = e^r (x W_enc + b_E) + (b_mag − e^r b_gate); the shift cancels
+    reading.extras |= {"r_mag": r_mag, "b_mag": b_mag - r_mag.exp() * b_gate}
+    reading.method = {"name": "gated"}
+
+
 @register_method
 class GatedConfig(MethodConfig):
     """Gated SAE: L1 on the gate, an auxiliary gate reconstruction through the frozen decoder."""
@@ -71,6 +90,9 @@ class GatedConfig(MethodConfig):
     l1_warmup_steps: int = Field(0, ge=0)
     aux_coefficient: float = Field(1.0, ge=0)
     """Weight of the frozen-decoder gate reconstruction (Rajamanoharan et al.: 1)."""
+    exchange: ClassVar[dict[str, Exchange | str]] = {
+        "saelens": Exchange("gated", _write_saelens, _read_saelens),  # SAELens has no Gated transcoder
+    }
 
     def build_activation(self, n_latents: int) -> Activation:
         return Gated(n_latents)

@@ -13,13 +13,15 @@ activation and none for the L0 penalty.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
 
 from sdlkit.core.objective import Reconstruction, Term, TermContext, warmed_up
+from sdlkit.errors import CheckpointError
 from sdlkit.methods.base import Activation, MethodConfig, register_method
+from sdlkit.methods.exchange import Exchange, Reading, Written
 
 
 def rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -121,6 +123,28 @@ class L0Penalty:
         return warmed_up(self.coefficient, self.warmup_steps, ctx.step) * counts.sum(dim=-1).mean()
 
 
+def _write_saelens(config: JumpReLUConfig, activation: JumpReLU, bias: torch.Tensor) -> Written:
+    return Written({"b_enc": bias, "threshold": activation.threshold.detach().to(torch.float64)})
+
+
+def _read_saelens(reading: Reading) -> None:
+    """SAELens's f = ReLU(h)·1[h > ReLU(θ)] is ours with log_threshold = log θ, so every θ must be > 0."""
+    reading.b_E = reading.take("b_enc") - reading.shift
+    if not reading.has("threshold") and reading.has("log_threshold"):
+        threshold = reading.take("log_threshold").exp()
+        reading.notes.append("log_threshold (older SAELens) read as threshold = exp(log_threshold)")
+    else:
+        threshold = reading.take("threshold")
+    bad = int((threshold <= 0).sum())
+    if bad:
+        raise CheckpointError(
+            f"{reading.weights_path}: {bad} of {len(threshold)} JumpReLU thresholds are <= 0 (smallest "
+            f"{threshold.min().item():.3g}); sdlkit stores log(threshold) and needs every threshold > 0"
+        )
+    reading.extras["log_threshold"] = threshold.log()
+    reading.method = {"name": "jumprelu"}
+
+
 @register_method
 class JumpReLUConfig(MethodConfig):
     """JumpReLU SAE trained on reconstruction plus an L0 penalty."""
@@ -138,6 +162,9 @@ class JumpReLUConfig(MethodConfig):
     """ε, the kernel width of the straight-through estimators (Rajamanoharan et al.: 0.001)."""
     init_threshold: float = Field(0.001, gt=0)
     """θ at initialisation (Rajamanoharan et al.: 0.001)."""
+    exchange: ClassVar[dict[str, Exchange | str]] = {
+        "saelens": Exchange("jumprelu", _write_saelens, _read_saelens, transcoder="jumprelu_transcoder"),
+    }
 
     def build_activation(self, n_latents: int) -> Activation:
         return JumpReLU(n_latents, self.init_threshold, self.bandwidth)

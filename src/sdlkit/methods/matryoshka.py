@@ -14,7 +14,7 @@ from pydantic import Field
 from sdlkit.core.objective import PrefixReconstruction, Term
 from sdlkit.errors import ConfigError
 from sdlkit.methods.base import Activation, AuxKConfig, MethodConfig, check_k, register_method
-from sdlkit.methods.topk import BatchTopK, TopK
+from sdlkit.methods.topk import BatchTopK, BatchTopKConfig, TopK, TopKConfig
 
 
 @register_method
@@ -48,6 +48,12 @@ class MatryoshkaConfig(MethodConfig):
         if prefixes[0] < 1:
             raise ConfigError(f"method.prefixes = {prefixes} is not allowed: prefix sizes must be >= 1")
         return prefixes
+
+    def inference_form(self) -> MethodConfig:
+        """The prefixes only shape training: a trained Matryoshka dictionary is a TopK or BatchTopK one."""
+        if self.selection == "topk":
+            return TopKConfig(k=self.k)
+        return BatchTopKConfig(k=self.k, threshold_momentum=self.threshold_momentum)
 
     def build_activation(self, n_latents: int) -> Activation:
         check_k("k", self.k, n_latents)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
 
 from sdlkit.core.objective import L1Penalty, Reconstruction, Term
 from sdlkit.methods.base import Activation, MethodConfig, register_method
+from sdlkit.methods.exchange import Exchange, Reading, Written
 
 
 class ReLU(Activation):
@@ -16,6 +17,15 @@ class ReLU(Activation):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.relu(z)
+
+
+def _read_saelens(reading: Reading) -> None:
+    reading.b_E = reading.take("b_enc") - reading.shift
+    reading.method = {"name": "relu"}
+
+
+def _write_saelens(config: ReLUConfig, activation: ReLU, bias: torch.Tensor) -> Written:
+    return Written({"b_enc": bias})
 
 
 @register_method
@@ -29,6 +39,9 @@ class ReLUConfig(MethodConfig):
     """λ rises linearly from 0 over this many steps (Anthropic: the first 5% of training)."""
     weight_by_decoder_norm: bool = True
     """w_i = ‖W_D[:, i]‖ (Anthropic April 2024); matters when decoder norms are free."""
+    exchange: ClassVar[dict[str, Exchange | str]] = {
+        "saelens": Exchange("standard", _write_saelens, _read_saelens, transcoder="transcoder"),
+    }
 
     def build_activation(self, n_latents: int) -> Activation:
         return ReLU()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
 
 from sdlkit.core.kernels import Chunks, SparsePattern, select_above, select_batch_topk, select_topk
 from sdlkit.methods.base import Activation, AuxKConfig, MethodConfig, check_k, register_method
+from sdlkit.methods.exchange import Exchange, Reading, Written
 
 
 def topk_per_sample(z: torch.Tensor, k: int) -> torch.Tensor:
@@ -70,6 +71,44 @@ class BatchTopK(Activation):
         self.threshold_initialised.logical_or_(valid)
 
 
+# ----- exchange with SAELens and sparsify (sdlkit.methods.exchange) ---------------------------------------
+def _read_topk_saelens(reading: Reading) -> None:
+    """SAELens 'topk'; with rescale_acts_by_decoder_norm, folded into weights with unit decoder columns."""
+    b_E = reading.take("b_enc") - reading.shift
+    reading.method = {"name": "topk", "k": reading.integer("k")}
+    if reading.config.get("rescale_acts_by_decoder_norm"):
+        # TopK ranks h·‖W_dec row‖ and decodes f/‖W_dec row‖: fold both scalings into the weights
+        norms = reading.W_D.norm(dim=0)
+        reading.W_E, b_E = reading.W_E * norms[:, None], b_E * norms
+        reading.W_D = reading.W_D / torch.where(norms > 0, norms, 1.0)  # zero columns stay zero
+        reading.notes.append("rescale_acts_by_decoder_norm folded into W_E, b_E and unit-norm decoder columns")
+    reading.b_E = b_E
+
+
+def _read_topk_sparsify(reading: Reading) -> None:
+    reading.b_E = reading.take("encoder.bias") - reading.shift
+    reading.method = {"name": "topk", "k": reading.integer("k")}
+
+
+def _write_topk_saelens(config: TopKConfig, activation: TopK, bias: torch.Tensor) -> Written:
+    return Written({"b_enc": bias}, {"k": config.k, "rescale_acts_by_decoder_norm": False})
+
+
+def _write_topk_sparsify(config: TopKConfig, activation: TopK, bias: torch.Tensor) -> Written:
+    return Written({"encoder.bias": bias}, {"k": config.k})
+
+
+def _write_batchtopk_saelens(config: BatchTopKConfig, activation: BatchTopK, bias: torch.Tensor) -> Written:
+    """The inference form: JumpReLU with the learned global threshold on every latent (SAELens saves its
+    own BatchTopK SAEs that way), so codes no longer depend on the batch."""
+    threshold = activation.threshold.detach().to(torch.float64).clamp_min(0).expand(len(bias))
+    note = (
+        f"BatchTopK exported in its inference form: JumpReLU with the learned global threshold "
+        f"{threshold[0].item():.6g} on every latent (codes no longer depend on the batch)"
+    )
+    return Written({"b_enc": bias, "threshold": threshold}, notes=[note])
+
+
 @register_method
 class TopKConfig(MethodConfig):
     """TopK SAE: exactly k active latents per sample; no sparsity penalty needed."""
@@ -81,6 +120,10 @@ class TopKConfig(MethodConfig):
     """Active latents per sample; set it to the true L0 of the data when known."""
     auxk: AuxKConfig | None = None
     """Gao et al.'s AuxK loss for dead latents; None = off."""
+    exchange: ClassVar[dict[str, Exchange | str]] = {
+        "saelens": Exchange("topk", _write_topk_saelens, _read_topk_saelens),  # SAELens has no TopK transcoder
+        "sparsify": Exchange("topk", _write_topk_sparsify, _read_topk_sparsify, transcoder="topk"),
+    }
 
     def build_activation(self, n_latents: int) -> Activation:
         check_k("k", self.k, n_latents)
@@ -99,6 +142,11 @@ class BatchTopKConfig(MethodConfig):
     threshold_momentum: float = Field(0.99, ge=0, lt=1)
     """EMA momentum of the inference threshold θ."""
     auxk: AuxKConfig | None = None
+    exchange: ClassVar[dict[str, Exchange | str]] = {
+        "saelens": Exchange("jumprelu", _write_batchtopk_saelens, transcoder="jumprelu_transcoder"),
+        "sparsify": "uses a BatchTopK threshold at inference, which sparsify's per-sample TopK cannot express: "
+        "export it with --format saelens (as JumpReLU)",
+    }
 
     def build_activation(self, n_latents: int) -> Activation:
         check_k("k", self.k, n_latents)
