@@ -100,3 +100,34 @@ def test_method_config_prints_as_a_set_argument_that_round_trips():
     values: dict = {}
     apply_override(values, text.removeprefix("--set '").removesuffix("'"))
     assert values == {"model": {"method": method}}
+
+
+def test_a_registered_metric_reaches_the_record_and_the_table(monkeypatch):
+    """Adding a metric is one registration: score() carries its fields and the report table its column."""
+    import torch
+
+    from sdlkit import ModelConfig, SparseDictionary
+    from sdlkit.data.lrb import LRBSource, lrb_preset
+    from sdlkit.paper.bench import scoring
+    from sdlkit.paper.bench.report import results_table
+
+    monkeypatch.setattr(scoring, "BENCH_METRICS", dict(scoring.BENCH_METRICS))
+    monkeypatch.setattr("sdlkit.paper.bench.report.BENCH_METRICS", scoring.BENCH_METRICS)
+
+    def decoder_norm(model, source, exclude):
+        return {"mean_decoder_norm": float(model.W_D.detach().norm(dim=0).mean())}
+
+    scoring.register_metric(scoring.BenchMetric("decoder_norm", decoder_norm, {"mean_decoder_norm": "‖W_D‖"}))
+    with pytest.raises(ValueError, match="already registered"):
+        scoring.register_metric(scoring.BenchMetric("decoder_norm", decoder_norm))
+    source = LRBSource(lrb_preset("tiny"))
+    torch.manual_seed(0)
+    model = SparseDictionary(ModelConfig(n_in=20, n_latents=32, method={"name": "topk", "k": 3}))
+    record = scoring.score(model, source, exclude=[], tau=0.95, curves=False)
+    assert record["mean_decoder_norm"] == pytest.approx(float(model.W_D.norm(dim=0).mean()))
+    assert 0 < record["max_inner_product_dual"] <= 1  # the built-in metric is still there
+    record |= {"row": "topk", "frame": "gaussian", "setting": "", "anchored": False, "fvu": 0.1, "l0": 3.0}
+    table = results_table({("gaussian", "", "topk", False): [record]}, [], "gaussian", "", ["topk"], {})
+    header = table.splitlines()[0]
+    assert "‖W_D‖" in header and header.index("M_IP dual") < header.index("‖W_D‖") < header.index("M_GT dec")
+    assert f"{record['mean_decoder_norm']:.3f}" in table.splitlines()[2]

@@ -18,6 +18,7 @@ from sdlkit.io import write_text_atomically
 from sdlkit.paper import paper_tables
 from sdlkit.paper.bench.presets import BENCH_PRESETS
 from sdlkit.paper.bench.recipes import NAMES
+from sdlkit.paper.bench.scoring import BENCH_METRICS
 from sdlkit.report import format_table, plot_grouped_bars, plot_lines, plot_recovery_curves, plot_xy
 
 PAPER = {
@@ -218,7 +219,11 @@ def _table_row(name: str, runs: list[dict[str, Any]], pair: tuple[float, float] 
         "paper M_GT": f"{pair[0]:.1%}" if pair else "–",
         "M_IP": _cell(runs, "max_inner_product"),
         "paper M_IP": f"{pair[1]:.3f}" if pair else "–",
-        "M_IP dual": _cell(runs, "max_inner_product_dual"),
+        **{
+            title: _cell(runs, key, percent=key in metric.percent)
+            for metric in BENCH_METRICS.values()
+            for key, title in metric.columns.items()
+        },
         "M_GT dec": _cell(runs, "gt_recovery_decoder", percent=True),
         "M_IP dec": _cell(runs, "max_inner_product_decoder"),
         "matched M_GT dec": _cell(runs, "matched_gt_recovery_decoder", percent=True),
