@@ -50,7 +50,7 @@ from sdlkit.config import run_config
 from sdlkit.data.lrb.source import LRBSource, lrb_preset
 from sdlkit.eval.recovery import best_match, gt_recovery, max_inner_product
 from sdlkit.train import Trainer
-from sdlkit.train.trainer import lr_factor
+from sdlkit.train.loop import lr_factor
 
 TAU = 0.95
 
@@ -94,8 +94,7 @@ class SdlkitRun:
         if self.mean_init and t.step == 0:
             with torch.no_grad():
                 t.model.b_D.copy_(t.source.batch(t.position, t.local_batch).x_r.mean(0))
-        t._train_step(t._next_batch())
-        t.step += 1
+        t.advance()
         return t.dead.since_fired == 0  # the latents that fired in this batch
 
     def directions(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ def test_penalty_is_eq_26_on_hand_built_weights():
     # ‖W_E[:2] − Ã‖² = (0² + 2²) + 0 = 4; ‖W_D[:, :2] − B̃‖² = 0 + 1 + 0 + 4 = 5; the third latent is free
     x = torch.zeros(1, 2)
     out = model(x)
-    ctx = TermContext(x_p=x, x_r=x, z=out.z, x_q=out.x_q, x_hat=out.x_hat, model=model)
+    ctx = TermContext(out, x, x, model)
     assert AnchorPenalty(anchors, weight=0.5)(ctx).item() == pytest.approx(0.5 * 9)
 
 

@@ -5,9 +5,12 @@ import torch
 
 from conftest import tiny_values
 from sdlkit.config import run_config
+from sdlkit.core.objective import Objective
 from sdlkit.data import build_source
 from sdlkit.errors import ConfigError
 from sdlkit.io import load_tensors
+from sdlkit.methods import METHODS, Activation, method_config, register_method
+from sdlkit.methods.relu import ReLUConfig
 from sdlkit.train import Trainer
 from sdlkit.train.ensemble import EnsembleTrainer, ensemble_refusal, worth_batching
 
@@ -94,6 +97,19 @@ def test_member_checkpoints_resume_with_an_ordinary_trainer(tmp_path):
     assert len(log) == 2 and '"l0"' in log[0]
 
 
+def test_a_member_checkpoint_between_log_lines_keeps_the_log_sums(tmp_path):
+    """Checkpoints every 5 steps, a log line every 10: the member resumed at step 5 logs at step 10 the
+    mean over steps 1-10, as the uninterrupted run does."""
+    cfgs = configs("topk", steps=10, checkpoint_every=5, keep_checkpoints=5)[:2]
+    sources = [build_source(c.data, "cpu") for c in cfgs]
+    EnsembleTrainer(cfgs, sources, [tmp_path / "a", tmp_path / "b"]).fit()
+    (tmp_path / "b" / "checkpoints" / "step-00000010").rename(tmp_path / "final")
+    resumed = Trainer(cfgs[1], sources[1], tmp_path / "b").fit(resume=True)
+    alone = Trainer(cfgs[1], sources[1]).fit()
+    assert [r["step"] for r in resumed.history] == [10]
+    assert resumed.history[0]["loss"] == pytest.approx(alone.history[0]["loss"], rel=1e-4)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -115,6 +131,39 @@ def test_members_that_do_not_agree_are_refused(change, message):
     with pytest.raises(ConfigError, match="cannot train as one ensemble") as err:
         EnsembleTrainer(cfgs, [build_source(c.data, "cpu") for c in cfgs])
     assert "\n" not in str(err.value) and "one by one" in str(err.value)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_swept_coefficients_reach_the_terms_as_buffers(name):
+    """Members may differ in *_coefficient fields because the stack swaps in each member's term buffers:
+    a coefficient kept anywhere else would silently take member 0's value."""
+    method = method_config(name)
+    for field in [f for f in type(method).model_fields if f.endswith("_coefficient")]:
+        a, b = (Objective(method.model_copy(update={field: v}).build_terms(64, 20)) for v in (0.25, 0.5))
+        differ = [k for k, v in a.state_dict().items() if not torch.equal(v, b.state_dict()[k])]
+        assert len(differ) == 1 and differ[0].endswith("coefficient"), (field, differ)
+        plain = [{k: v for k, v in vars(t).items() if not k.startswith("_")} for t in (*a.terms, *b.terms)]
+        assert plain[: len(a.terms)] == plain[len(a.terms) :], field
+
+
+def test_a_method_with_a_post_step_is_refused():
+    class Clamped(Activation):
+        has_post_step = True
+
+        def post_step(self) -> None: ...
+
+    @register_method
+    class ClampedConfig(ReLUConfig):
+        name: str = "clamped-test"
+
+        def build_activation(self, n_latents: int) -> Activation:
+            return Clamped()
+
+    try:
+        cfgs = [run_config(tiny_values({"name": "clamped-test"}, steps=2)) for _ in range(2)]
+        assert "has a post-step" in ensemble_refusal(cfgs)
+    finally:
+        del METHODS["clamped-test"]
 
 
 def test_batching_is_declined_where_it_would_be_slower():

@@ -49,7 +49,7 @@ def loss_and_grads(model, x_p, x_r, dead=None, extra=(), x_grad=False):
     x_p = x_p.clone().requires_grad_(x_grad)
     objective = Objective([*model.config.method.build_terms(model.n_latents, model.n_out), *extra])
     out = model(x_p)
-    loss, parts = objective(TermContext.from_forward(out, x_p, x_r, model, 0, dead))
+    loss, parts = objective(TermContext(out, x_p, x_r, model, 0, dead))
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     if x_grad:

@@ -8,7 +8,7 @@ from sdlkit.methods import method_config
 
 
 def context(model, x, dead=None, step=0) -> TermContext:
-    return TermContext.from_forward(model(x), x, x, model, step, dead)
+    return TermContext(model(x), x, x, model, step, dead)
 
 
 def test_l1_weighted_by_decoder_norms_and_warmed_up():

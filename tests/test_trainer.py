@@ -13,7 +13,8 @@ from sdlkit.data import Batch, DataSource, build_source
 from sdlkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from sdlkit.eval.metrics import reconstruction_metrics
 from sdlkit.train import Trainer
-from sdlkit.train.trainer import METRICS_FILE, lr_factor
+from sdlkit.train.loop import lr_factor
+from sdlkit.train.trainer import METRICS_FILE
 
 
 @pytest.mark.parametrize("name", list(METHOD_SPECS))

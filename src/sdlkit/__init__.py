@@ -8,7 +8,7 @@ x_q = model.encode(x_p)                      # codes [batch, n_latents]
 from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.errors import CheckpointError, ConfigError, SdlkitError, ShapeError, TrainingDiverged
 from sdlkit.io import load, save
-from sdlkit.methods import METHODS, method_config
+from sdlkit.methods import METHODS, method_config  # importing sdlkit.methods registers the built-in methods
 
 __version__ = "0.1.0"
 

@@ -17,7 +17,8 @@ only their columns, and the backward never builds a [B, n_latents] gradient).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -25,9 +26,10 @@ from pydantic import BaseModel, Field, SerializeAsAny, field_validator, model_va
 from torch import nn
 from torch.nn import functional as F
 
+from sdlkit.core.forward import Forward
 from sdlkit.core.kernels import SparseCodes, SparsePattern, decode_entries, encode_entries
+from sdlkit.core.method import MethodConfig, method_config
 from sdlkit.errors import STRICT_CONFIG, ConfigError, ShapeError
-from sdlkit.methods import MethodConfig, method_config
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 SPARSE_CHUNK_ENTRIES = 1 << 23
@@ -123,48 +125,6 @@ def project_columns_(grad: torch.Tensor, W_D: torch.Tensor) -> None:
     for g, w in zip(grad.split(64, dim=-2), W_D.split(64, dim=-2), strict=True):  # no W_D-sized temporary
         parallel += (g * w).sum(dim=-2, keepdim=True)
     grad.addcmul_(parallel, W_D, value=-1)
-
-
-class Forward:
-    """One forward pass. z, x_q [B, n_latents]; x_hat [B, n_out].
-
-    From the sparse kernel: `codes` holds x_q's entries, and z and x_q are built only when first
-    read: z without gradient (recomputed: the kernel never holds it whole), x_q from `codes` with
-    its gradient. `fired()` and `count_nonzero()` work on either form without building them."""
-
-    def __init__(
-        self,
-        z: torch.Tensor | Callable[[], torch.Tensor],
-        x_q: torch.Tensor | None,
-        x_hat: torch.Tensor,
-        codes: SparseCodes | None = None,
-    ):
-        if x_q is None and codes is None:
-            raise ValueError("a Forward needs x_q or codes")
-        self._z = z
-        self._x_q = x_q
-        self.x_hat = x_hat
-        self.codes = codes
-
-    @property
-    def z(self) -> torch.Tensor:
-        if callable(self._z):
-            self._z = self._z()
-        return self._z
-
-    @property
-    def x_q(self) -> torch.Tensor:
-        if self._x_q is None:
-            self._x_q = self.codes.to_dense()
-        return self._x_q
-
-    def fired(self) -> torch.Tensor:
-        """bool [n_latents]: latents with a non-zero code in some sample of the batch."""
-        return self.codes.fired() if self.codes is not None else (self.x_q.detach() != 0).any(dim=0)
-
-    def count_nonzero(self) -> torch.Tensor:
-        """Non-zero codes in the batch (0-dim tensor): B times the mean L0."""
-        return self.codes.count_nonzero() if self.codes is not None else torch.count_nonzero(self.x_q.detach())
 
 
 def available_memory(device: str | torch.device) -> int | None:
@@ -285,7 +245,7 @@ class SparseDictionary(nn.Module):
             return self._sparse_forward(x_p)
         z = self.pre_activations(x_p)
         x_q = self.activation(z)
-        return Forward(z=z, x_q=x_q, x_hat=self.decode(x_q))
+        return Forward(self.decode(x_q), z=z, x_q=x_q)
 
     def _sparse_forward(self, x_p: torch.Tensor) -> Forward:
         """The sparse kernel: z is computed without autograd, a block of rows at a time, only for σ to
@@ -295,12 +255,9 @@ class SparseDictionary(nn.Module):
         with torch.no_grad():
             pattern, pre = self.activation.select(self._pre_activation_chunks(x), x.shape[0])
         codes = SparseCodes(pattern, self.encode_entries(x, pre, pattern))
-
-        def z() -> torch.Tensor:
-            with torch.no_grad():
-                return self.pre_activations(x)
-
-        return Forward(z=z, x_q=None, x_hat=self.decode_entries(codes.values, pattern), codes=codes)
+        return Forward(
+            self.decode_entries(codes.values, pattern), codes=codes, pre_activations=partial(self.pre_activations, x)
+        )
 
     def _pre_activation_chunks(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         """z = W_E x + b_E in blocks of rows, written into one reused buffer (so each block is only valid

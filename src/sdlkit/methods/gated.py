@@ -18,10 +18,10 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from sdlkit.core.objective import L1Penalty, Reconstruction, Term, TermContext, squared_error
+from sdlkit.core.exchange import Exchange, Reading, Written
+from sdlkit.core.method import Activation, MethodConfig, register_method
+from sdlkit.core.objective import L1Penalty, Reconstruction, Term, TermContext, as_coefficient, scaled, squared_error
 from sdlkit.errors import CheckpointError
-from sdlkit.methods.base import Activation, MethodConfig, register_method
-from sdlkit.methods.exchange import Exchange, Reading, Written
 
 
 class Gated(Activation):
@@ -43,24 +43,26 @@ class GateL1(L1Penalty):
     """The L1 penalty on the gate's ReLU(π_gate), not on the codes."""
 
     name = "l1"
+    on_codes = False
 
     def activations(self, ctx: TermContext) -> torch.Tensor:
         return torch.relu(ctx.z)
 
 
-class GateReconstruction:
+class GateReconstruction(torch.nn.Module):
     """‖x_r − (W_D ReLU(π_gate) + b_D)‖² through a frozen decoder (Rajamanoharan et al.'s L_aux)."""
 
     name = "gate_aux"
 
     def __init__(self, coefficient: float):
-        self.coefficient = coefficient
+        super().__init__()
+        self.register_buffer("coefficient", as_coefficient(coefficient))
 
-    def __call__(self, ctx: TermContext) -> torch.Tensor:
+    def forward(self, ctx: TermContext) -> torch.Tensor:
         model = ctx.model
         b_D = None if model.b_D is None else model.b_D.detach()
         x_gate = torch.nn.functional.linear(torch.relu(ctx.z), model.W_D.detach(), b_D)
-        return self.coefficient * squared_error(ctx.x_r, x_gate).mean()
+        return scaled(self.coefficient, squared_error(ctx.x_r, x_gate).mean())
 
 
 def _write_saelens(config: GatedConfig, activation: Gated, bias: torch.Tensor) -> Written:

@@ -18,10 +18,10 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from sdlkit.core.objective import Reconstruction, Term, TermContext, warmed_up
+from sdlkit.core.exchange import Exchange, Reading, Written
+from sdlkit.core.method import Activation, MethodConfig, register_method
+from sdlkit.core.objective import Reconstruction, Term, TermContext, as_coefficient, scaled, warmed_up
 from sdlkit.errors import CheckpointError
-from sdlkit.methods.base import Activation, MethodConfig, register_method
-from sdlkit.methods.exchange import Exchange, Reading, Written
 
 
 def rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -102,25 +102,26 @@ class JumpReLU(Activation):
         return {"log_threshold": (self.log_threshold, self.init_log_threshold)}
 
 
-class L0Penalty:
+class L0Penalty(torch.nn.Module):
     """λ(step) · E Σ_i H(z_i − θ_i) ('step'), or λ · E Σ_i tanh(c·|x_q,i|·‖W_D[:, i]‖) ('tanh',
     Anthropic's January 2025 update), a smooth L0 proxy that needs no straight-through estimator."""
 
     name = "l0"
 
     def __init__(self, coefficient: float, warmup_steps: int, form: str, tanh_scale: float):
-        self.coefficient = coefficient
+        super().__init__()
+        self.register_buffer("coefficient", as_coefficient(coefficient))
         self.warmup_steps = warmup_steps
         self.form = form
         self.tanh_scale = tanh_scale
 
-    def __call__(self, ctx: TermContext) -> torch.Tensor:
+    def forward(self, ctx: TermContext) -> torch.Tensor:
         activation = ctx.model.activation
         if self.form == "step":
             counts = step(ctx.z, activation.threshold, activation.bandwidth)
         else:
             counts = torch.tanh(self.tanh_scale * ctx.x_q.abs() * ctx.model.decoder_norms())
-        return warmed_up(self.coefficient, self.warmup_steps, ctx.step) * counts.sum(dim=-1).mean()
+        return scaled(warmed_up(self.coefficient, self.warmup_steps, ctx.step), counts.sum(dim=-1).mean())
 
 
 def _write_saelens(config: JumpReLUConfig, activation: JumpReLU, bias: torch.Tensor) -> Written:

@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import Field
 
+from sdlkit.core.method import Activation, AuxKConfig, MethodConfig, check_k, register_method
 from sdlkit.core.objective import PrefixReconstruction, Term
 from sdlkit.errors import ConfigError
-from sdlkit.methods.base import Activation, AuxKConfig, MethodConfig, check_k, register_method
 from sdlkit.methods.topk import BatchTopK, BatchTopKConfig, TopK, TopKConfig
 
 

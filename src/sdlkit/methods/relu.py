@@ -7,9 +7,9 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
+from sdlkit.core.exchange import Exchange, Reading, Written
+from sdlkit.core.method import Activation, MethodConfig, register_method
 from sdlkit.core.objective import L1Penalty, Reconstruction, Term
-from sdlkit.methods.base import Activation, MethodConfig, register_method
-from sdlkit.methods.exchange import Exchange, Reading, Written
 
 
 class ReLU(Activation):

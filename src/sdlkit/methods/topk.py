@@ -7,9 +7,9 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
+from sdlkit.core.exchange import Exchange, Reading, Written
 from sdlkit.core.kernels import Chunks, SparsePattern, select_above, select_batch_topk, select_topk
-from sdlkit.methods.base import Activation, AuxKConfig, MethodConfig, check_k, register_method
-from sdlkit.methods.exchange import Exchange, Reading, Written
+from sdlkit.core.method import Activation, AuxKConfig, MethodConfig, check_k, register_method
 
 
 def topk_per_sample(z: torch.Tensor, k: int) -> torch.Tensor:

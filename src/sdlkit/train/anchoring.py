@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sdlkit.core.objective import TermContext
+from sdlkit.core.objective import TermContext, as_coefficient, scaled
 from sdlkit.errors import ConfigError, ShapeError
 
 
@@ -91,20 +91,24 @@ def class_mean_anchors(
     return Anchors(_unit_columns(mean_p.T).T.contiguous(), _unit_columns(mean_r.T), chosen.tolist())
 
 
-class AnchorPenalty:
-    """λ_anchor · (‖W_E[:k] − Ã‖²_F + ‖W_D[:, :k] − B̃‖²_F) (eq. 26), a loss term like any other."""
+class AnchorPenalty(torch.nn.Module):
+    """λ_anchor · (‖W_E[:k] − Ã‖²_F + ‖W_D[:, :k] − B̃‖²_F) (eq. 26), a loss term like any other. The
+    anchors and λ are buffers, so that an ensemble swaps in each member's."""
 
     name = "anchor"
 
     def __init__(self, anchors: Anchors, weight: float):
-        self.anchors = anchors
-        self.weight = weight
+        super().__init__()
+        self.k = anchors.k
+        self.register_buffer("A", anchors.A)
+        self.register_buffer("B", anchors.B)
+        self.register_buffer("weight", as_coefficient(weight))
 
-    def __call__(self, ctx: TermContext) -> torch.Tensor:
-        model, a = ctx.model, self.anchors
-        encoder = (model.W_E[: a.k] - a.A).pow(2).sum()
-        decoder = (model.W_D[:, : a.k] - a.B).pow(2).sum()
-        return self.weight * (encoder + decoder)
+    def forward(self, ctx: TermContext) -> torch.Tensor:
+        model = ctx.model
+        encoder = (model.W_E[: self.k] - self.A).pow(2).sum()
+        decoder = (model.W_D[:, : self.k] - self.B).pow(2).sum()
+        return scaled(self.weight, encoder + decoder)
 
 
 @torch.no_grad()

@@ -16,11 +16,12 @@ from sdlkit.data.source import Batch
 
 
 class DeadLatents:
-    """Samples since each latent last fired [n_latents] (int64, on the model's device)."""
+    """Samples since each latent last fired [n_latents], or [E, n_latents] for a stack of E dictionaries
+    (sdlkit.train.ensemble) (int64, on the model's device)."""
 
-    def __init__(self, n_latents: int, window: int, device: torch.device | str):
+    def __init__(self, shape: int | tuple[int, int], window: int, device: torch.device | str):
         self.window = window
-        self.since_fired = torch.zeros(n_latents, dtype=torch.int64, device=device)
+        self.since_fired = torch.zeros(shape, dtype=torch.int64, device=device)
 
     @torch.no_grad()
     def update(self, x_q: torch.Tensor) -> None:
@@ -29,7 +30,7 @@ class DeadLatents:
 
     @torch.no_grad()
     def update_fired(self, fired: torch.Tensor, n_samples: int) -> None:
-        """Count one batch of `n_samples` in which the latents where `fired` [n_latents] is true fired."""
+        """Count one batch of `n_samples` in which the latents where `fired` (shaped as the counts) is true fired."""
         self.since_fired = torch.where(fired, 0, self.since_fired + n_samples)
 
     @property

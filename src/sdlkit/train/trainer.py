@@ -1,22 +1,20 @@
-"""The training loop: Adam, learning-rate warm-up and decay, gradient clipping, bf16 autocast,
-dead-latent tracking and resampling, a progress bar, a JSONL metrics log, periodic checkpoints and
-exact resume. Method-agnostic: the objective's terms come from the method's config.
+"""One training run: Adam, learning-rate warm-up and decay, gradient clipping, bf16 autocast,
+dead-latent tracking and resampling, a JSONL metrics log, periodic checkpoints and exact resume, on one
+process or as one rank of a data-parallel group. Method-agnostic: the objective's terms come from the
+method's config. The loop itself is sdlkit.train.loop's, shared with the batched ensembles.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
-from tqdm.auto import tqdm
 
-from sdlkit.config import RESAMPLE_SEED_OFFSET, RunConfig, TrainConfig
+from sdlkit.config import RESAMPLE_SEED_OFFSET, RunConfig
 from sdlkit.core.model import SparseDictionary, check_fits
 from sdlkit.core.objective import Objective, Term, TermContext
 from sdlkit.data.directions import known_directions
@@ -43,19 +41,10 @@ from sdlkit.train.distributed import (
     local_batch_size,
     mean_over_ranks,
 )
+from sdlkit.train.loop import Accumulator, StepLosses, adam, run, train_step
 from sdlkit.train.resample import DeadLatents, resample_dead_latents
 
 METRICS_FILE = "metrics.jsonl"
-
-
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of the base learning rate at optimiser step `step` (0-based)."""
-    factor = min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else 1.0
-    start = int(cfg.lr_decay_start * cfg.steps)
-    if cfg.lr_decay != "none" and step >= start:
-        progress = (step - start) / max(1, cfg.steps - start)
-        factor *= 1.0 - progress if cfg.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-    return factor
 
 
 @dataclass
@@ -112,17 +101,14 @@ class Trainer:
         elif self.anchors is not None:
             apply_hard_anchors(self.model, self.anchors)
         self.objective = Objective(terms)
-        self.optimizer = torch.optim.Adam(  # fused: one kernel for all parameters (~15x faster on CPU)
-            self.model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.adam_eps, fused=True
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, self.cfg))
+        self.optimizer, self.scheduler = adam(list(self.model.parameters()), self.cfg)
         self.dead = DeadLatents(config.model.n_latents, self.cfg.dead_window, self.device)
+        self.metrics = Accumulator()  # the log line's sums
         self.step = 0
         self.position = 0  # batches drawn from the source (training and resampling)
         self.train_seconds = 0.0
         self.n_resampled = 0
         self.last_checkpoint: Path | None = None
-        self._reset_accumulators()
 
     def _anchors(self, given: Anchors | None) -> Anchors | None:
         """The anchors to use: `given`, else drawn from the source's known directions (ground truth or
@@ -155,10 +141,6 @@ class Trainer:
         return given.to(self.device, self.model.W_E.dtype)
 
     # ----- state ------------------------------------------------------------------------------------
-    def _reset_accumulators(self) -> None:
-        self._acc: dict[str, torch.Tensor] = {}
-        self._acc_steps = 0
-
     def state(self) -> dict[str, Any]:
         return {
             "step": self.step,
@@ -170,8 +152,8 @@ class Trainer:
             "dead": self.dead.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "acc": dict(self._acc),
-            "acc_steps": self._acc_steps,
+            "acc": dict(self.metrics.sums),
+            "acc_steps": self.metrics.steps,
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -187,8 +169,7 @@ class Trainer:
         torch.set_rng_state(state["rng_cpu"])
         if torch.cuda.is_available() and state["rng_cuda"]:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
-        self._acc = {k: v.to(self.device) for k, v in state["acc"].items()}
-        self._acc_steps = state["acc_steps"]
+        self.metrics = Accumulator({k: v.to(self.device) for k, v in state["acc"].items()}, state["acc_steps"])
         if "train_weights" in state:  # the checkpoint's weights.safetensors holds the folded ones
             load_weights(self.model, state["train_weights"], Path("trainer state"))
 
@@ -282,15 +263,10 @@ class Trainer:
                 kept.append(line + "\n")
         write_text_atomically(path, "".join(kept))
 
-    def _accumulate(self, parts: dict[str, torch.Tensor], loss: torch.Tensor, l0: torch.Tensor) -> None:
-        values = {**parts, "loss": loss.detach(), "l0": l0}
-        for key, value in values.items():
-            self._acc[key] = self._acc.get(key, 0) + value.float()
-        self._acc_steps += 1
-
-    def _log(self, samples_per_s: float) -> dict[str, Any]:
+    def log(self, samples_per_s: float) -> list[dict[str, Any]]:
+        """Append the log line of the steps since the last one to metrics.jsonl (rank 0) and return it."""
         record: dict[str, Any] = {"step": self.step, "samples": self.step * self.cfg.batch_size}
-        means = {k: v / self._acc_steps for k, v in self._acc.items()}
+        means = self.metrics.pop_means()
         if self.dist is not None:
             means = mean_over_ranks(means, self.dist.world_size)
         record.update({k: v.item() for k, v in means.items()})
@@ -300,10 +276,9 @@ class Trainer:
             samples_per_s=samples_per_s,
             resampled=self.n_resampled,
         )
-        self._reset_accumulators()
         if self.run_dir is not None and self.is_main:
             write_text(self.run_dir / METRICS_FILE, json.dumps(record) + "\n", mode="a")
-        return record
+        return [record]
 
     # ----- the loop -----------------------------------------------------------------------------------
     def _next_batch(self) -> Batch:
@@ -311,41 +286,48 @@ class Trainer:
         self.position += 1
         return batch
 
-    def _diverged(self, batch: Batch, what: str) -> None:
+    def advance(self) -> None:
+        """One training step on the next batch, then resampling where it is due."""
+        train_step(self, self._next_batch())
+        self.step += 1
+        self._maybe_resample()
+
+    # ----- one step's parts (sdlkit.train.loop.train_step runs them) --------------------------------------
+    def losses(self, batch: Batch) -> StepLosses:
+        model = self.model
+        out = model(batch.x_p)
+        ctx = TermContext(out, batch.x_p, batch.x_r.to(model.W_E.dtype), model, self.step, self.dead.dead)
+        loss, parts = self.objective(ctx)
+        fired = out.fired() if self.dist is None else any_rank(out.fired())
+        return StepLosses(loss, parts, fired, out.count_nonzero() / len(batch))
+
+    def diverged(self, batch: Batch, loss: torch.Tensor) -> NoReturn:
         bad_input = not (torch.isfinite(batch.x_p).all() and torch.isfinite(batch.x_r).all())
-        cause = "the batch holds NaN or inf" if bad_input else f"the {what} became NaN or inf"
+        cause = "the batch holds NaN or inf" if bad_input else "the loss became NaN or inf"
         hint = "check the data" if bad_input else "lower train.lr, or set train.grad_clip"
         last = self.last_checkpoint or "none was written yet"
         raise TrainingDiverged(f"training stopped at step {self.step}: {cause} ({hint}); last good checkpoint: {last}")
 
-    def _train_step(self, batch: Batch) -> None:
-        model, dtype = self.model, self.model.W_E.dtype
-        self.optimizer.zero_grad(set_to_none=True)  # before the forward: the old gradients do not add to its peak
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-            out = model(batch.x_p)
-            ctx = TermContext.from_forward(out, batch.x_p, batch.x_r.to(dtype), model, self.step, self.dead.dead)
-            loss, parts = self.objective(ctx)
-        fired, nonzeros = out.fired(), out.count_nonzero()
-        del out, ctx  # whatever the forward built that the backward does not need goes first
-        if not torch.isfinite(loss):
-            self._diverged(batch, "loss")
-        loss.backward()
+    @property
+    def _hard_anchors(self) -> bool:
+        return self.anchors is not None and self.cfg.anchors.mode == "hard"
+
+    def project_grads(self) -> None:
+        """Average over the ranks, project ∇W_D onto the unit sphere's tangent, freeze hard anchors."""
         if self.dist is not None:
-            average_gradients(list(model.parameters()), self.dist.world_size)
-        if model.config.unit_norm_decoder:
-            model.project_decoder_grad()
-        hard_anchors = self.anchors is not None and self.cfg.anchors.mode == "hard"
-        if hard_anchors:
-            zero_anchor_grads(model, self.anchors.k)
-        if self.cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        model.post_step()
-        if hard_anchors:
-            apply_hard_anchors(model, self.anchors)
-        self.dead.update_fired(fired if self.dist is None else any_rank(fired), self.cfg.batch_size)
-        self._accumulate(parts, loss, nonzeros / len(batch))
+            average_gradients(list(self.model.parameters()), self.dist.world_size)
+        if self.model.config.unit_norm_decoder:
+            self.model.project_decoder_grad()
+        if self._hard_anchors:
+            zero_anchor_grads(self.model, self.anchors.k)
+
+    def clip_grads(self, max_norm: float) -> None:
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+
+    def post_step(self) -> None:
+        self.model.post_step()
+        if self._hard_anchors:
+            apply_hard_anchors(self.model, self.anchors)
 
     def _maybe_resample(self) -> None:
         rs = self.cfg.resample
@@ -365,57 +347,32 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> TrainResult:
         """Train to `train.steps` (continuing from the latest checkpoint when `resume`)."""
-        if self.run_dir is not None:
-            self.open_run_dir()
-            if resume:
-                self.resume()
-            elif list_checkpoints(self.run_dir):
-                raise ConfigError(
-                    f"{self.run_dir} already holds checkpoints: resume it (--resume) or choose a new folder"
-                )
-            elif self.is_main:
-                self._truncate_log()  # the log of an attempt that never reached a checkpoint starts over
-        cfg = self.cfg
+        self.prepare(resume)
         self.model.train()
-        history: list[dict[str, Any]] = []
-        bar = tqdm(
-            total=cfg.steps,
-            initial=self.step,
-            unit="step",
-            disable=not cfg.progress or not self.is_main,
-            mininterval=0.1 if sys.stderr.isatty() else 10.0,  # a log file gets a line per 10 s, not per 0.1 s
-            dynamic_ncols=True,
-            desc=self.config.model.method.name,
-        )
-        interval_start, interval_step = time.perf_counter(), self.step
-        while self.step < cfg.steps:
-            t0 = time.perf_counter()
-            self._train_step(self._next_batch())
-            self.step += 1
-            self._maybe_resample()
-            self.train_seconds += time.perf_counter() - t0
-            bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                now = time.perf_counter()
-                rate = (self.step - interval_step) * cfg.batch_size / max(now - interval_start, 1e-9)
-                record = self._log(rate)
-                history.append(record)
-                bar.set_postfix(
-                    loss=f"{record['loss']:.4g}",
-                    l0=f"{record['l0']:.1f}",
-                    dead=f"{record['dead_fraction']:.1%}",
-                    samples_s=f"{rate:,.0f}",
-                )
-                interval_start, interval_step = now, self.step
-            if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == cfg.steps:
-                self.save_checkpoint()
-        bar.close()
+        [history] = run(self, 1, self.config.model.method.name, show=self.is_main)
+        return self.result(history)
+
+    def prepare(self, resume: bool = False) -> None:
+        """Open the run folder: resume its latest checkpoint when `resume`, else refuse one that holds
+        checkpoints, and start the log of an attempt that never reached one over."""
+        if self.run_dir is None:
+            return
+        self.open_run_dir()
+        if resume:
+            self.resume()
+        elif list_checkpoints(self.run_dir):
+            raise ConfigError(f"{self.run_dir} already holds checkpoints: resume it (--resume) or choose a new folder")
+        elif self.is_main:
+            self._truncate_log()
+
+    def result(self, history: list[dict[str, Any]]) -> TrainResult:
+        """The run as it stands, with its metrics on the held-out set and `history`, its log records."""
         metrics = reconstruction_metrics(self.model, self.source.eval_batch())
         metrics["dead_fraction"] = self.dead.dead.float().mean().item()
         return TrainResult(
             model=self.model,
             steps=self.step,
-            samples_seen=self.step * cfg.batch_size,
+            samples_seen=self.step * self.cfg.batch_size,
             train_seconds=self.train_seconds,
             metrics=metrics,
             run_dir=self.run_dir,

@@ -1,8 +1,10 @@
-"""The σ registry: every SDL method is one activation plus its loss terms.
+"""What a method is, and the registry of them: every SDL method is one activation σ plus its loss terms.
 
 A method is a pydantic config class (`MethodConfig` subclass) registered under its `name`. The config
 builds the σ module (`build_activation`) and the loss terms (`build_terms`), so adding a method is one
-small file: a σ, its config, `@register_method`.
+small file in sdlkit.methods: a σ, its config, `@register_method`. The registry lives here, in the core,
+so that the model can resolve a method by name without importing the methods; importing `sdlkit`
+imports sdlkit.methods, which registers the built-in ones.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
+from sdlkit.core.exchange import Exchange
 from sdlkit.core.kernels import Chunks, SparsePattern
 from sdlkit.core.objective import AuxK, Reconstruction, Term
 from sdlkit.errors import STRICT_CONFIG, ConfigError
-from sdlkit.methods.exchange import Exchange
 
 
 class Activation(nn.Module):
@@ -35,8 +37,13 @@ class Activation(nn.Module):
         to exist whole. Only the TopK family (`MethodConfig.topk_family`) implements it."""
         raise NotImplementedError(f"{type(self).__name__} has no sparse kernel")
 
+    has_post_step: ClassVar[bool] = False
+    """True when the σ overrides `post_step`: a stacked ensemble (sdlkit.train.ensemble) cannot run it,
+    so it refuses such a method."""
+
     def post_step(self) -> None:
-        """Called after every optimiser step (e.g. to keep a parameter in its domain)."""
+        """Called after every optimiser step (e.g. to keep a parameter in its domain). A σ that overrides
+        it sets `has_post_step`."""
 
 
 class AuxKConfig(BaseModel):
@@ -63,7 +70,7 @@ class MethodConfig(BaseModel):
     """True for σ that select a fixed number of latents (TopK, BatchTopK, Matryoshka): AuxK applies,
     and σ implements `Activation.select`, so the sparse kernel (sdlkit.core.kernels) can train it."""
     exchange: ClassVar[dict[str, Exchange | str]] = {}
-    """Its form in other libraries' formats by format name (sdlkit.methods.exchange, used by sdlkit.interop);
+    """Its form in other libraries' formats by format name (sdlkit.core.exchange, used by sdlkit.interop);
     a string says why a format cannot hold it."""
 
     def inference_form(self) -> MethodConfig:

@@ -1,0 +1,175 @@
+"""The training loop that `Trainer` (one run) and `EnsembleTrainer` (a stack of runs) share.
+
+    run(job)               steps to train.steps: a progress bar, a log line every log_every steps,
+                           a checkpoint every checkpoint_every steps and at the end
+    train_step(job, batch) one optimiser step: forward and objective (autocast) → backward →
+                           project → clip → Adam and schedule → post-step → dead latents, log sums
+
+A job supplies what differs between one run and a stack (its losses, its gradient constraints, its log
+lines and checkpoints), in the `Job` protocol; these functions do everything else, in the same order
+for both.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, NamedTuple, NoReturn, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from sdlkit.config import TrainConfig
+from sdlkit.data.source import Batch
+from sdlkit.train.resample import DeadLatents
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base learning rate at optimiser step `step` (0-based)."""
+    factor = min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else 1.0
+    start = int(cfg.lr_decay_start * cfg.steps)
+    if cfg.lr_decay != "none" and step >= start:
+        progress = (step - start) / max(1, cfg.steps - start)
+        factor *= 1.0 - progress if cfg.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
+def adam(params: list[torch.Tensor], cfg: TrainConfig) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam over `params` with train's warm-up and decay schedule."""
+    optimizer = torch.optim.Adam(  # fused: one kernel for all parameters (~15x faster on CPU)
+        params, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps, fused=True
+    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+
+
+class Accumulator:
+    """Sums of the logged values (0-dim, or [E] for a stack) over the steps since the last log line."""
+
+    def __init__(self, sums: dict[str, torch.Tensor] | None = None, steps: int = 0):
+        self.sums = dict(sums or {})
+        self.steps = steps
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0) + value.detach().float()
+        self.steps += 1
+
+    def pop_means(self) -> dict[str, torch.Tensor]:
+        """The means since the last call; starts the next interval."""
+        means = {key: value / self.steps for key, value in self.sums.items()}
+        self.sums, self.steps = {}, 0
+        return means
+
+    def member(self, index: int) -> Accumulator:
+        """Member `index`'s sums of a stack's [E] sums."""
+        return Accumulator({key: value[index].clone() for key, value in self.sums.items()}, self.steps)
+
+
+class StepLosses(NamedTuple):
+    """One step's forward: the loss (0-dim, or [E] for a stack), each term's value (detached, same
+    shape), the latents that fired in the batch (bool [n_latents] or [E, n_latents]; all ranks'), and
+    the mean L0 (same shape as the loss)."""
+
+    loss: torch.Tensor
+    parts: dict[str, torch.Tensor]
+    fired: torch.Tensor
+    l0: torch.Tensor
+
+
+class Job(Protocol):
+    """What `run` and `train_step` drive: one run (Trainer) or a stack of runs (EnsembleTrainer)."""
+
+    cfg: TrainConfig
+    device: torch.device
+    step: int
+    train_seconds: float
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    dead: DeadLatents
+    metrics: Accumulator
+
+    def losses(self, batch: Batch) -> StepLosses:
+        """The forward pass and the objective on `batch` (called under autocast)."""
+
+    def diverged(self, batch: Batch, loss: torch.Tensor) -> NoReturn:
+        """Raise TrainingDiverged for a loss that is not finite."""
+
+    def project_grads(self) -> None:
+        """Constrain the gradients before clipping (e.g. the unit-norm decoder's tangent projection)."""
+
+    def clip_grads(self, max_norm: float) -> None:
+        """Scale the gradients down to norm `max_norm` at most (per run)."""
+
+    def post_step(self) -> None:
+        """Restore the constraints after the optimiser step."""
+
+    def advance(self) -> None:
+        """One `train_step` on the next batch and what follows it (e.g. resampling); step += 1."""
+
+    def log(self, samples_per_s: float) -> list[dict[str, Any]]:
+        """Write and return one log record per run (the means since the last one)."""
+
+    def save_checkpoint(self) -> Any:
+        """Checkpoint every run (where it has a run folder)."""
+
+
+def train_step(job: Job, batch: Batch) -> None:
+    """One optimiser step of `job` on `batch`: project → clip → step → post-step after the backward."""
+    job.optimizer.zero_grad(set_to_none=True)  # before the forward: the old gradients do not add to its peak
+    with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=job.cfg.precision == "bf16"):
+        out = job.losses(batch)
+    if not bool(torch.isfinite(out.loss).all()):
+        job.diverged(batch, out.loss)
+    out.loss.backward(torch.ones_like(out.loss))  # a stack's members: each its own loss's gradients
+    job.project_grads()
+    if job.cfg.grad_clip is not None:
+        job.clip_grads(job.cfg.grad_clip)
+    job.optimizer.step()
+    job.scheduler.step()
+    job.post_step()
+    job.dead.update_fired(out.fired, job.cfg.batch_size)
+    job.metrics.add({**out.parts, "loss": out.loss, "l0": out.l0})
+
+
+def run(job: Job, runs: int, desc: str, show: bool = True) -> list[list[dict[str, Any]]]:
+    """Train `job` (of `runs` runs) from its step to train.steps; each run's log records, in order."""
+    cfg = job.cfg
+    histories: list[list[dict[str, Any]]] = [[] for _ in range(runs)]
+    bar = tqdm(
+        total=cfg.steps,
+        initial=job.step,
+        unit="step",
+        disable=not cfg.progress or not show,
+        mininterval=0.1 if sys.stderr.isatty() else 10.0,  # a log file gets a line per 10 s, not per 0.1 s
+        dynamic_ncols=True,
+        desc=desc,
+    )
+    interval_start, interval_step = time.perf_counter(), job.step
+    while job.step < cfg.steps:
+        t0 = time.perf_counter()
+        job.advance()
+        job.train_seconds += time.perf_counter() - t0
+        bar.update(1)
+        if job.step % cfg.log_every == 0 or job.step == cfg.steps:
+            now = time.perf_counter()
+            rate = (job.step - interval_step) * cfg.batch_size / max(now - interval_start, 1e-9)
+            for history, record in zip(histories, job.log(rate), strict=True):
+                history.append(record)
+            if runs == 1:
+                bar.set_postfix(_summary(histories[0][-1], rate))
+            interval_start, interval_step = now, job.step
+        if (cfg.checkpoint_every and job.step % cfg.checkpoint_every == 0) or job.step == cfg.steps:
+            job.save_checkpoint()
+    bar.close()
+    return histories
+
+
+def _summary(record: dict[str, Any], rate: float) -> dict[str, str]:
+    """The progress bar's postfix for a run's log record."""
+    return {
+        "loss": f"{record['loss']:.4g}",
+        "l0": f"{record['l0']:.1f}",
+        "dead": f"{record['dead_fraction']:.1%}",
+        "samples_s": f"{rate:,.0f}",
+    }
