@@ -9,12 +9,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import sdlkit
+from sdlkit.core.exchange import Exchange, Written
 from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.errors import CheckpointError, ConfigError, SdlkitError
 from sdlkit.interop import export_checkpoint, import_checkpoint
 from sdlkit.methods import METHODS as REGISTRY
 from sdlkit.methods import Activation, MethodConfig
-from sdlkit.methods.exchange import Exchange, Written
 
 N_IN, N_LATENTS = 12, 24
 METHODS = {

@@ -1,4 +1,4 @@
-"""Each method's form in a format, as its config declares it (`exchange`, sdlkit.methods.exchange): which
+"""Each method's form in a format, as its config declares it (`exchange`, sdlkit.core.exchange): which
 form an export writes, which form reads a format's architecture on import, and `Foreign`, the dictionary
 being read that a form's `read` completes. The format modules know the files; the forms know σ."""
 
@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
+from sdlkit.core.exchange import Exchange
 from sdlkit.core.model import SparseDictionary
 from sdlkit.errors import ConfigError
 from sdlkit.interop.dictionary import build_dictionary
 from sdlkit.interop.files import refuse_extra, take
 from sdlkit.methods import METHODS, MethodConfig
-from sdlkit.methods.exchange import Exchange
 
 
 def export_form(method: MethodConfig, fmt: str) -> tuple[MethodConfig, Exchange | None, list[str]]:
@@ -45,7 +45,7 @@ def readers(fmt: str) -> dict[str, Exchange]:
 
 @dataclass
 class Foreign:
-    """A dictionary being read (the `Reading` of sdlkit.methods.exchange): the format module sets the linear
+    """A dictionary being read (the `Reading` of sdlkit.core.exchange): the format module sets the linear
     part in sdlkit's layout (float64), the form's `read` the rest, then `build` makes the SparseDictionary."""
 
     config: dict[str, Any]

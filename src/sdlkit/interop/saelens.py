@@ -15,7 +15,7 @@ Exports write `apply_b_dec_to_input: false` and the 6.x layout (hook and model n
 `metadata`); imports also read pre-6.0 configs (top-level `hook_point`, `activation_fn`: topk with
 `activation_fn_kwargs.k`, boolean `normalize_activations`, `apply_b_dec_to_input` defaulting to true).
 
-Each method declares its SAELens form in its own file (`exchange["saelens"]`, sdlkit.methods.exchange):
+Each method declares its SAELens form in its own file (`exchange["saelens"]`, sdlkit.core.exchange):
 relu → standard; jumprelu → jumprelu (threshold = exp(log_threshold)); topk → topk; gated → gated
 (b_gate = b_E, b_mag = exp(r_mag)·b_E + b_mag); batchtopk → jumprelu with its learned inference threshold
 on every latent (SAELens saves its own BatchTopK SAEs that way); matryoshka → as its selection.

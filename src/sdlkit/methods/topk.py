@@ -71,7 +71,7 @@ class BatchTopK(Activation):
         self.threshold_initialised.logical_or_(valid)
 
 
-# ----- exchange with SAELens and sparsify (sdlkit.methods.exchange) ---------------------------------------
+# ----- exchange with SAELens and sparsify (sdlkit.core.exchange) ---------------------------------------
 def _read_topk_saelens(reading: Reading) -> None:
     """SAELens 'topk'; with rescale_acts_by_decoder_norm, folded into weights with unit decoder columns."""
     b_E = reading.take("b_enc") - reading.shift
