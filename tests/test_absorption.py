@@ -17,7 +17,7 @@ import torch
 from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.data.lrb.source import LRBConfig, LRBSource, lrb_preset
 from sdlkit.errors import ConfigError
-from sdlkit.eval.absorption import absorption_rates
+from sdlkit.eval.absorption import AbsorptionOptions, absorption_rates
 
 CHILD = 3  # the absorbed child c* (a child of parent 0)
 
@@ -194,3 +194,14 @@ def test_refusals(source: LRBSource) -> None:
         absorption_rates(model, source, match="both")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="cos_threshold"):
         absorption_rates(model, source, cos_threshold=1.5)
+
+
+def test_options_object_equals_keyword_overrides(source: LRBSource) -> None:
+    model = _absorbing(source)
+    codes = source.sample_codes(500, "test")
+    options = AbsorptionOptions(sole_child=False, batch_size=128)
+    assert absorption_rates(model, source, codes=codes, options=options) == absorption_rates(
+        model, source, codes=codes, sole_child=False, batch_size=128
+    )
+    with pytest.raises(ConfigError, match="unknown absorption option 'threshold'"):
+        absorption_rates(model, source, codes=codes, threshold=0.5)

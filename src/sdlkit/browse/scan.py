@@ -172,23 +172,9 @@ def _first_pass(model: SparseDictionary, store: ActivationStore, modules: list[s
 def _second_pass(
     model: SparseDictionary, store: ActivationStore, modules: list[str], options: ScanOptions, first: dict
 ) -> LatentScan:
-    L, K, bins = model.n_latents, options.top_k, options.bins
-    offsets = torch.arange(-options.window, options.window + 1)
-    W = len(offsets)
-    top_rows = first["top_rows"]
-    # every (row, latent) pair the contexts need, sorted by row so each batch takes one slice
-    want = top_rows[:, :, None] + offsets  # [K, L, W]
-    valid = (top_rows[:, :, None] >= 0) & (want >= 0) & (want < first["rows"])
-    slot = valid.flatten().nonzero().squeeze(1)
-    want_rows = want.flatten()[slot]
-    want_latent = torch.arange(L)[None, :, None].expand(K, L, W).flatten()[slot]
-    order = torch.sort(want_rows, stable=True).indices
-    want_rows, want_latent, slot = want_rows[order], want_latent[order], slot[order]
-    acts = torch.zeros(K * L * W)
-    tokens = torch.full((K * L * W,), -1, dtype=torch.int64)
-    positions = torch.full((K * L * W,), -1, dtype=torch.int64)
-    samples = torch.full((K * L * W,), -1, dtype=torch.int64)
-    labels = torch.full((K * L * W,), -1, dtype=torch.int64) if store.labels is not None else None
+    """Histograms and top-row contexts, then the LatentScan of both passes."""
+    L, bins = model.n_latents, options.bins
+    contexts = _Contexts.wanted(first["top_rows"], options.window, first["rows"], store.labels is not None)
     hist = torch.zeros(L * bins, dtype=torch.int64)
     scale = bins / first["max"].clamp(min=1e-30)
     for lo, part in _batches(store, modules, options, "browse 2/2"):
@@ -196,37 +182,100 @@ def _second_pass(
         _, latent, value = _entries(codes)
         which = (value * scale[latent]).long().clamp(max=bins - 1)
         hist += torch.bincount(latent * bins + which, minlength=L * bins)
-        a, b = torch.searchsorted(want_rows, torch.tensor([lo, lo + codes.shape[0]])).tolist()
-        here, at = want_rows[a:b] - lo, slot[a:b]
-        acts[at] = codes[here, want_latent[a:b]]
-        samples[at] = part[SAMPLE_KEY][here]
+        contexts.fill(lo, codes, part)
+    return _latent_scan(first, hist.view(L, bins), contexts, store)
+
+
+@dataclass
+class _Contexts:
+    """The (row, latent) entries the top rows' contexts need, and their values as the second pass reads them.
+
+    Flat over slots of [K, L, W] (top rank, latent, offset -window … +window); the wanted entries are
+    sorted by row so each batch fills one slice."""
+
+    shape: tuple[int, int, int]  # (K, L, W)
+    want_rows: torch.Tensor  # int64 [wanted]: store row of each wanted entry, ascending
+    want_latent: torch.Tensor  # int64 [wanted]: its latent
+    slot: torch.Tensor  # int64 [wanted]: its flat slot in [K, L, W]
+    acts: torch.Tensor  # float32 [K·L·W]: the latent's code at that row (0 until filled)
+    tokens: torch.Tensor  # int64 [K·L·W]: token id of that row (-1 until filled)
+    positions: torch.Tensor  # int64 [K·L·W]: its position in its sample
+    samples: torch.Tensor  # int64 [K·L·W]: its sample
+    labels: torch.Tensor | None  # int64 [K·L·W]: its label (labelled stores)
+
+    @classmethod
+    def wanted(cls, top_rows: torch.Tensor, window: int, rows: int, labelled: bool) -> _Contexts:
+        """Every (row, latent) pair within `window` rows of a top row [K, L] (inside [0, rows)), unfilled."""
+        K, L = top_rows.shape
+        offsets = torch.arange(-window, window + 1)
+        W = len(offsets)
+        want = top_rows[:, :, None] + offsets  # [K, L, W]
+        valid = (top_rows[:, :, None] >= 0) & (want >= 0) & (want < rows)
+        slot = valid.flatten().nonzero().squeeze(1)
+        want_rows = want.flatten()[slot]
+        want_latent = torch.arange(L)[None, :, None].expand(K, L, W).flatten()[slot]
+        order = torch.sort(want_rows, stable=True).indices
+        size = K * L * W
+
+        def unset() -> torch.Tensor:
+            return torch.full((size,), -1, dtype=torch.int64)
+
+        return cls(
+            (K, L, W),
+            want_rows[order],
+            want_latent[order],
+            slot[order],
+            torch.zeros(size),
+            unset(),
+            unset(),
+            unset(),
+            unset() if labelled else None,
+        )
+
+    def fill(self, lo: int, codes: torch.Tensor, part: dict[str, torch.Tensor]) -> None:
+        """Take the wanted entries among store rows [lo, lo + len(codes)) from a batch's codes and columns."""
+        a, b = torch.searchsorted(self.want_rows, torch.tensor([lo, lo + codes.shape[0]])).tolist()
+        here, at = self.want_rows[a:b] - lo, self.slot[a:b]
+        self.acts[at] = codes[here, self.want_latent[a:b]]
+        self.samples[at] = part[SAMPLE_KEY][here]
         if TOKEN_KEY in part:
-            tokens[at], positions[at] = part[TOKEN_KEY][here], part[POSITION_KEY][here]
-        if labels is not None:
-            labels[at] = part[LABEL_KEY][here]
-    shape = (K, L, W)
-    acts, tokens, positions = acts.view(shape), tokens.view(shape), positions.view(shape)
-    samples, centre = samples.view(shape), options.window
-    top_samples = samples[:, :, centre]
-    outside = samples != top_samples[:, :, None]  # rows of another sample are not context
-    acts[outside], tokens[outside], positions[outside] = 0.0, -1, -1
+            self.tokens[at], self.positions[at] = part[TOKEN_KEY][here], part[POSITION_KEY][here]
+        if self.labels is not None:
+            self.labels[at] = part[LABEL_KEY][here]
+
+    def trimmed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(acts, tokens, positions) [K, L, W] with the rows of another sample than the top row's blanked
+        (0 / -1), then the top rows' samples and labels [K, L] (labels None on an unlabelled store)."""
+        acts, tokens, positions = (x.view(self.shape) for x in (self.acts, self.tokens, self.positions))
+        samples, centre = self.samples.view(self.shape), self.shape[2] // 2
+        top_samples = samples[:, :, centre]
+        outside = samples != top_samples[:, :, None]  # rows of another sample are not context
+        acts[outside], tokens[outside], positions[outside] = 0.0, -1, -1
+        labels = self.labels.view(self.shape)[:, :, centre] if self.labels is not None else None
+        return acts, tokens, positions, top_samples, labels
+
+
+def _latent_scan(first: dict, hist: torch.Tensor, contexts: _Contexts, store: ActivationStore) -> LatentScan:
+    """Both passes' results as one LatentScan (class sums become class means)."""
     n_labels = len(store.labels) if store.labels is not None else 0
     class_means = None
     if n_labels:
         class_means = first["class_sums"] / first["label_rows"].clamp(min=1)[:, None].double()
+    L = hist.shape[0]
+    acts, tokens, positions, top_samples, top_labels = contexts.trimmed()
     return LatentScan(
         rows=first["rows"],
         count=first["count"],
         total=first["total"],
         max=first["max"],
         top_values=first["top_values"],
-        top_rows=top_rows,
-        hist=hist.view(L, bins),
+        top_rows=first["top_rows"],
+        hist=hist,
         context_acts=acts,
         context_tokens=tokens,
         context_positions=positions,
         top_samples=top_samples,
-        top_labels=labels.view(shape)[:, :, centre] if labels is not None else None,
+        top_labels=top_labels,
         label_counts=first["label_counts"].view(L, n_labels) if n_labels else None,
         label_rows=first["label_rows"],
         class_means=class_means,

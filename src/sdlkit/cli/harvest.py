@@ -178,12 +178,10 @@ def cmd_harvest(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sdlkit.eval.evaluate import evaluate_checkpoint
+    from sdlkit.eval.evaluate import EvalOptions, evaluate_checkpoint
     from sdlkit.report import format_table
 
-    report = evaluate_checkpoint(
-        args.checkpoint,
-        args.store,
+    options = EvalOptions(
         inputs=_list(args.inputs),
         targets=_list(args.targets),
         all_rows=args.all_rows,
@@ -194,6 +192,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         splice=args.splice,
         splice_samples=args.splice_samples,
     )
+    report = evaluate_checkpoint(args.checkpoint, args.store, options)
     if args.json:
         print_json(report)
         return 0

@@ -40,22 +40,26 @@ For every direct (parent p, child c) edge of the source's hierarchy, over sample
   `sole_child=False` gives the plain "c active" conditioning.
 - An edge whose child was never active in the samples has rate NaN and is left out of the means.
 
-Vectorised over samples: inputs are encoded in batches of `batch_size` and the conditions evaluated
-as boolean tensors; only the (few) edges are looped over.
+Vectorised over samples and edges: inputs are encoded in batches of `batch_size` and the conditions of
+every edge evaluated at once as [edges, batch] boolean tensors (whether a child-aligned latent fires, and
+how many of a parent's children are active, by matmuls with 0/1 matrices: exact, as counts below 2^24 are).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
 from sdlkit.core.model import SparseDictionary
+from sdlkit.data.lrb.hierarchy import Hierarchy
 from sdlkit.data.lrb.source import LRBSource
 from sdlkit.errors import ConfigError, ShapeError
 from sdlkit.eval.recovery import best_match
+from sdlkit.options import with_overrides
 
-__all__ = ["DEFAULT_COS_THRESHOLD", "absorption_rates", "aligned_latents"]
+__all__ = ["DEFAULT_COS_THRESHOLD", "AbsorptionOptions", "absorption_rates", "aligned_latents"]
 
 DEFAULT_COS_THRESHOLD = 0.5
 """|cos| above which a latent counts as aligned with a child (see the module docstring)."""
@@ -94,6 +98,93 @@ def aligned_latents(
     return (cos.abs() if absolute else cos) > threshold
 
 
+@dataclass(frozen=True)
+class AbsorptionOptions:
+    """How `absorption_rates` measures (the module docstring gives the definition and why these defaults)."""
+
+    cos_threshold: float = DEFAULT_COS_THRESHOLD
+    """cos above which a latent counts as aligned with a child (in (0, 1))."""
+    match: Literal["decoder", "encoder"] = "decoder"
+    """Match latents by decoder columns against W_r, or by encoder rows against W_p."""
+    batch_size: int = 4096
+    """Samples encoded at a time."""
+    absorbed_above: float = 0.5
+    """A child whose rate is above this counts as absorbed."""
+    sole_child: bool = True
+    """Count only samples where the child is its parent's only active child."""
+    absolute: bool = False
+    """Align children by |cos| instead of the signed cosine."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.cos_threshold < 1:
+            raise ConfigError(f"cos_threshold = {self.cos_threshold!r} is not allowed: it must be in (0, 1)")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size = {self.batch_size!r} is not allowed: it must be >= 1")
+
+
+@dataclass
+class _Edges:
+    """The hierarchy's edges as index tensors (E = edges, P = non-leaf features, T = tree features)."""
+
+    parent: torch.Tensor  # long [E]: the edge's parent feature
+    child: torch.Tensor  # long [E]: the edge's child feature
+    slot: torch.Tensor  # long [E]: the parent's position in hierarchy.parents
+    parents: torch.Tensor  # long [P]: hierarchy.parents
+    children_of: torch.Tensor  # float [P, T]: 1 where the feature is a direct child of the parent
+    parent_latent: torch.Tensor  # long [T]: each tree feature's best-matching latent
+    candidates: torch.Tensor  # long [K]: the latents aligned with some child (the only ones the matmul needs)
+    aligned: torch.Tensor  # float [E, K]: 1 where candidate latent k is aligned with the edge's child
+
+    @classmethod
+    def build(cls, hierarchy: Hierarchy, parent_latent: torch.Tensor, aligned: torch.Tensor) -> _Edges:
+        """From the hierarchy, the best-matching latents [T] and the alignment [n_q, T] (bool)."""
+        device = aligned.device
+        slot_of = {p: i for i, p in enumerate(hierarchy.parents)}
+        parent = torch.tensor([p for p, _ in hierarchy.pairs], dtype=torch.long, device=device)
+        child = torch.tensor([c for _, c in hierarchy.pairs], dtype=torch.long, device=device)
+        slot = torch.tensor([slot_of[p] for p, _ in hierarchy.pairs], dtype=torch.long, device=device)
+        children_of = torch.zeros(len(hierarchy.parents), hierarchy.n_tree, device=device)
+        children_of[slot, child] = 1.0
+        parents = torch.tensor(hierarchy.parents, dtype=torch.long, device=device)
+        by_edge = aligned[:, child].T  # [E, n_q]
+        candidates = by_edge.any(dim=0).nonzero().flatten()
+        by_edge = by_edge[:, candidates].float().contiguous()
+        return cls(parent, child, slot, parents, children_of, parent_latent, candidates, by_edge)
+
+
+@dataclass
+class _Counts:
+    """Running sample counts: per edge (E) and per non-leaf feature (P), int64."""
+
+    both: torch.Tensor  # [E]: parent latent silent and a child-aligned latent fires, over the counted samples
+    silent: torch.Tensor  # [E]: parent latent silent, over the counted samples
+    count: torch.Tensor  # [E]: counted samples (child active; its parent's only active child when sole_child)
+    parent_count: torch.Tensor  # [P]: samples with the parent active
+    parent_silent: torch.Tensor  # [P]: ... and its latent silent
+
+    @classmethod
+    def zeros(cls, n_edges: int, n_parents: int, device: torch.device) -> _Counts:
+        edge, node = (torch.zeros(n, dtype=torch.long, device=device) for n in (n_edges, n_parents))
+        return cls(edge, edge.clone(), edge.clone(), node, node.clone())
+
+    def add(self, fires: torch.Tensor, active: torch.Tensor, edges: _Edges, sole_child: bool) -> None:
+        """Add one batch: fires [B, n_q] (latent > 0) and active [B, T] (tree feature > 0), both bool."""
+        # Samples along the last axis: picking rows of [n_q, B] / [T, B] is far faster than picking columns.
+        fires, active = fires.T.contiguous(), active.T.contiguous()
+        parent_active = active[edges.parents]  # [P, B]
+        self.parent_count += parent_active.sum(1)
+        self.parent_silent += (parent_active & ~fires[edges.parent_latent[edges.parents]]).sum(1)
+        counted = active[edges.child]  # [E, B]
+        if sole_child:  # the parent's active children, counted by a matmul (exact: small integers in float32)
+            sole = (edges.children_of @ active.float()) == 1  # [P, B]
+            counted = counted & sole[edges.slot]
+        silent = counted & ~fires[edges.parent_latent[edges.parent]]
+        child_fires = (edges.aligned @ fires[edges.candidates].float()) > 0  # [E, B]: a child-aligned latent fires
+        self.count += counted.sum(1)
+        self.silent += silent.sum(1)
+        self.both += (silent & child_fires).sum(1)
+
+
 @torch.no_grad()
 def absorption_rates(
     model: SparseDictionary,
@@ -102,19 +193,16 @@ def absorption_rates(
     *,
     codes: torch.Tensor | None = None,
     x_p: torch.Tensor | None = None,
-    cos_threshold: float = DEFAULT_COS_THRESHOLD,
-    match: Literal["decoder", "encoder"] = "decoder",
-    batch_size: int = 4096,
-    absorbed_above: float = 0.5,
-    sole_child: bool = True,
-    absolute: bool = False,
+    options: AbsorptionOptions | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Absorption of every child into its own latent, for a dictionary trained on hierarchical LRB data.
 
     model: the dictionary (only `encode`, W_E and W_D are used). source: the `LRBSource` it was trained
     on; it must have a hierarchy. Samples: `codes` [N, n] if given (x_p = codes W_pᵀ unless `x_p`
     [N, n_in] is given too), else `n_samples` fresh codes from the source's own "absorption" stream
-    (never the training data). See the module docstring for the definition and the defaults.
+    (never the training data). `options` (or keyword overrides of its fields, e.g. `sole_child=False`):
+    see AbsorptionOptions and the module docstring.
 
     Returns a dict:
     - "rates": {child: absorption rate} for every child of the hierarchy (NaN if never active);
@@ -126,18 +214,31 @@ def absorption_rates(
       parent active)}};
     - "child_latents": {child: [latents aligned with it]}; "child_counts": {child: samples counted
       (child active, and its parent's only active child when sole_child)}; "n_samples", "match",
-      "cos_threshold", "sole_child".
+      "cos_threshold", "sole_child", "absolute".
     """
+    options = with_overrides(AbsorptionOptions, options, overrides, "absorption")
     hierarchy = getattr(source, "hierarchy", None)
     if hierarchy is None:
         raise ConfigError("absorption needs hierarchical data: set data.hierarchy (the source has no hierarchy)")
-    if not 0 < cos_threshold < 1:
-        raise ConfigError(f"cos_threshold = {cos_threshold!r} is not allowed: it must be in (0, 1)")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size = {batch_size!r} is not allowed: it must be >= 1")
-    learned, truth = _directions(model, source, match)
-    device = learned.device
+    learned, truth = _directions(model, source, options.match)
+    codes = _samples(source, n_samples, codes, x_p)
+    truth = truth[:, : hierarchy.n_tree]
+    scores, parent_latent = best_match(learned, truth)
+    aligned = aligned_latents(learned, truth, options.cos_threshold, options.absolute)  # [n_q, n_tree]
+    edges = _Edges.build(hierarchy, parent_latent, aligned)
+    counts = _count(model, source, codes, x_p, edges, options)
+    rates, silent = _edge_rates(counts)
+    report = _summary(hierarchy, rates, silent, options.absorbed_above)
+    report["parents"] = _per_parent(hierarchy, rates, counts, scores, parent_latent, options.absorbed_above)
+    report["child_latents"] = {c: aligned[:, c].nonzero().flatten().tolist() for _, c in hierarchy.pairs}
+    report["child_counts"] = {c: n for (_, c), n in zip(hierarchy.pairs, counts.count.tolist(), strict=True)}
+    report["n_samples"] = int(codes.shape[0])
+    report.update({name: getattr(options, name) for name in ("match", "cos_threshold", "sole_child", "absolute")})
+    return report
 
+
+def _samples(source: LRBSource, n_samples: int, codes: torch.Tensor | None, x_p: torch.Tensor | None) -> torch.Tensor:
+    """The codes [N, n] to measure on: `codes`, else `n_samples` from the source's "absorption" stream."""
     if codes is None:
         if x_p is not None:
             raise ConfigError("x_p needs its codes: pass codes= with x_p=")
@@ -146,71 +247,73 @@ def absorption_rates(
         raise ShapeError(f"codes has shape {tuple(codes.shape)}; [N, {source.config.n_features}] is needed")
     if x_p is not None and (x_p.ndim != 2 or x_p.shape[0] != codes.shape[0]):
         raise ShapeError(f"x_p has shape {tuple(x_p.shape)}; it needs one row per code row ({codes.shape[0]})")
+    return codes
 
-    tree = hierarchy.n_tree
-    scores, parent_latent = best_match(learned, truth[:, :tree])
-    aligned = aligned_latents(learned, truth[:, :tree], cos_threshold, absolute)  # [n_q, n_tree]
-    pairs = hierarchy.pairs
-    child_sets = {c: aligned[:, c].nonzero().flatten() for _, c in pairs}
 
-    n_pairs = len(pairs)
-    both = torch.zeros(n_pairs, dtype=torch.long, device=device)
-    silent = torch.zeros(n_pairs, dtype=torch.long, device=device)
-    count = torch.zeros(n_pairs, dtype=torch.long, device=device)
-    parents = hierarchy.parents
-    parent_idx = torch.tensor(parents, device=device)
-    parent_count = torch.zeros(len(parents), dtype=torch.long, device=device)
-    parent_silent = torch.zeros(len(parents), dtype=torch.long, device=device)
-    W_p = source.W_p
-    for start in range(0, codes.shape[0], batch_size):
-        c_batch = codes[start : start + batch_size]
-        inputs = c_batch.to(W_p.device) @ W_p.T if x_p is None else x_p[start : start + batch_size]
+def _count(
+    model: SparseDictionary,
+    source: LRBSource,
+    codes: torch.Tensor,
+    x_p: torch.Tensor | None,
+    edges: _Edges,
+    options: AbsorptionOptions,
+) -> _Counts:
+    """Encode the samples `options.batch_size` at a time and count the conditions of every edge."""
+    device, tree, W_p = edges.children_of.device, edges.children_of.shape[1], source.W_p
+    counts = _Counts.zeros(len(edges.child), len(edges.parents), device)
+    for start in range(0, codes.shape[0], options.batch_size):
+        c_batch = codes[start : start + options.batch_size]
+        inputs = c_batch.to(W_p.device) @ W_p.T if x_p is None else x_p[start : start + options.batch_size]
         fires = model.encode(inputs.to(device)) > 0  # [B, n_q]
-        truth_active = c_batch[:, :tree].to(device) > 0  # [B, n_tree]
-        p_silent = ~fires[:, parent_latent[parent_idx]]  # [B, n_parents_all]
-        p_active = truth_active[:, parent_idx]
-        parent_count += p_active.sum(0)
-        parent_silent += (p_active & p_silent).sum(0)
-        n_kids = {p: truth_active[:, hierarchy.children[p]].sum(dim=1) for p in parents} if sole_child else {}
-        for k, (p, c) in enumerate(pairs):
-            c_active = truth_active[:, c] & (n_kids[p] == 1) if sole_child else truth_active[:, c]
-            a = ~fires[:, parent_latent[p]] & c_active
-            b = fires[:, child_sets[c]].any(dim=1)
-            count[k] += c_active.sum()
-            silent[k] += a.sum()
-            both[k] += (a & b).sum()
+        counts.add(fires, c_batch[:, :tree].to(device) > 0, edges, options.sole_child)
+    return counts
 
-    counts = count.tolist()
-    rate_list = [b / n if n else float("nan") for b, n in zip(both.tolist(), counts, strict=True)]
-    silent_list = [s / n if n else float("nan") for s, n in zip(silent.tolist(), counts, strict=True)]
-    rates = {c: r for (_, c), r in zip(pairs, rate_list, strict=True)}
-    seen = [r for r in rate_list if r == r]
-    absorbed = [c for c, r in rates.items() if r > absorbed_above]
-    per_parent: dict[int, dict[str, Any]] = {}
-    for i, p in enumerate(parents):
+
+def _ratio(hits: list[int], totals: list[int]) -> list[float]:
+    return [h / n if n else float("nan") for h, n in zip(hits, totals, strict=True)]
+
+
+def _edge_rates(counts: _Counts) -> tuple[list[float], list[float]]:
+    """(absorption rate, parent-silent rate) per edge; NaN where no sample was counted."""
+    totals = counts.count.tolist()
+    return _ratio(counts.both.tolist(), totals), _ratio(counts.silent.tolist(), totals)
+
+
+def _summary(hierarchy: Hierarchy, rates: list[float], silent: list[float], absorbed_above: float) -> dict[str, Any]:
+    """Per-child rates and their means over the children with samples (NaN rates left out)."""
+    children = [c for _, c in hierarchy.pairs]
+    seen = [r for r in rates if r == r]
+    absorbed = [c for c, r in zip(children, rates, strict=True) if r > absorbed_above]
+    return {
+        "rates": dict(zip(children, rates, strict=True)),
+        "parent_silent": dict(zip(children, silent, strict=True)),
+        "mean_rate": sum(seen) / len(seen) if seen else float("nan"),
+        "absorbed_fraction": len(absorbed) / len(seen) if seen else float("nan"),
+        "n_absorbed": len(absorbed),
+    }
+
+
+def _per_parent(
+    hierarchy: Hierarchy,
+    rates: list[float],
+    counts: _Counts,
+    scores: torch.Tensor,
+    parent_latent: torch.Tensor,
+    absorbed_above: float,
+) -> dict[int, dict[str, Any]]:
+    """Each parent's latent, its match, its children's rates and how often its latent is silent."""
+    rate_of = {c: r for (_, c), r in zip(hierarchy.pairs, rates, strict=True)}
+    silent_rates = _ratio(counts.parent_silent.tolist(), counts.parent_count.tolist())
+    out: dict[int, dict[str, Any]] = {}
+    for p, silent_rate in zip(hierarchy.parents, silent_rates, strict=True):
         kids = hierarchy.children[p]
-        kid_rates = [rates[c] for c in kids if rates[c] == rates[c]]
-        pc = int(parent_count[i])
-        per_parent[p] = {
+        kid_rates = [rate_of[c] for c in kids if rate_of[c] == rate_of[c]]
+        out[p] = {
             "latent": int(parent_latent[p]),
             "cos": float(scores[p]),
             "children": list(kids),
             "mean_rate": sum(kid_rates) / len(kid_rates) if kid_rates else float("nan"),
-            "absorbed": [c for c in kids if rates[c] > absorbed_above],
-            "silent_rate": int(parent_silent[i]) / pc if pc else float("nan"),
+            "absorbed": [c for c in kids if rate_of[c] > absorbed_above],
+            "silent_rate": silent_rate,
         }
-    return {
-        "rates": rates,
-        "parent_silent": {c: s for (_, c), s in zip(pairs, silent_list, strict=True)},
-        "mean_rate": sum(seen) / len(seen) if seen else float("nan"),
-        "absorbed_fraction": len(absorbed) / len(seen) if seen else float("nan"),
-        "n_absorbed": len(absorbed),
-        "parents": per_parent,
-        "child_latents": {c: child_sets[c].tolist() for _, c in pairs},
-        "child_counts": {c: n for (_, c), n in zip(pairs, counts, strict=True)},
-        "n_samples": int(codes.shape[0]),
-        "match": match,
-        "cos_threshold": cos_threshold,
-        "sole_child": sole_child,
-        "absolute": absolute,
-    }
+    return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from sdlkit.data.source import Batch
 from sdlkit.errors import ConfigError, ShapeError
 from sdlkit.eval.metrics import DENSE_THRESHOLD, streaming_metrics
 from sdlkit.io import load, read_config, resolve_checkpoint
+from sdlkit.options import with_overrides
 from sdlkit.store import ActivationStore, StoreDataConfig, StoreSource
 
 
@@ -55,31 +57,67 @@ def _batches(
         yield Batch(x_p, x_r)
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """What `evaluate_checkpoint` reads and measures; the fields mirror `sdlkit eval`'s options."""
+
+    inputs: list[str] | None = None
+    """Store modules feeding x_p (None: as the checkpoint's run used, else every module)."""
+    targets: list[str] | None = None
+    """Store modules feeding x_r (None: as the run used, else the inputs)."""
+    all_rows: bool = False
+    """Every row, even when the checkpoint was trained on this store (default: its held-out rows only)."""
+    max_rows: int | None = None
+    """Read at most this many rows."""
+    batch_size: int = 4096
+    """Rows per batch."""
+    device: str = "cpu"
+    """cpu, cuda[:N] or auto."""
+    dense_threshold: float = DENSE_THRESHOLD
+    """A latent firing on more than this share of rows counts as dense."""
+    splice: bool = False
+    """Also splice the dictionary into the language model: CE loss recovered and KL."""
+    splice_samples: int = 64
+    """Dataset samples the splice metrics run on."""
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     store_path: str | os.PathLike,
-    *,
-    inputs: list[str] | None = None,
-    targets: list[str] | None = None,
-    all_rows: bool = False,
-    max_rows: int | None = None,
-    batch_size: int = 4096,
-    device: str = "cpu",
-    dense_threshold: float = DENSE_THRESHOLD,
-    splice: bool = False,
-    splice_samples: int = 64,
+    options: EvalOptions | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """FVU, MSE, L0, dead (never fired) and dense fractions of `checkpoint` on the rows of a store,
-    plus, with `splice`, CE loss recovered and KL with the dictionary spliced into the language model."""
+    plus, with `splice`, CE loss recovered and KL with the dictionary spliced into the language model.
+    `options` (or keyword overrides of its fields, e.g. `all_rows=True`): see EvalOptions."""
+    options = with_overrides(EvalOptions, options, overrides, "eval")
     try:
-        device = resolve_device(device)
+        device = resolve_device(options.device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     folder = resolve_checkpoint(checkpoint)
     run_data = read_config(folder).get("run", {}).get("data")
     model = load(folder, device)
     store = ActivationStore(store_path)
-    inputs, targets = _modules(run_data, store, inputs, targets)
+    inputs, targets = _modules(run_data, store, options.inputs, options.targets)
+    _check_widths(store, inputs, targets, model)
+    start, stop, rows_kind = _row_range(run_data, store, options)
+    batches = _batches(store, inputs, targets, start, stop, options.batch_size)
+    report: dict[str, Any] = {
+        "checkpoint": str(folder),
+        "store": str(store.path),
+        "inputs": inputs,
+        "targets": targets,
+        "rows": f"{rows_kind} [{start}, {stop})",
+        **streaming_metrics(model, batches, options.dense_threshold),
+    }
+    if options.splice:
+        report.update(_splice(model, store, inputs, targets, start, stop, options.splice_samples, device))
+    return report
+
+
+def _check_widths(store: ActivationStore, inputs: list[str], targets: list[str], model: SparseDictionary) -> None:
+    """ShapeError unless the modules' widths are the dictionary's n_in and n_out."""
     n_in = sum(store.modules[m] for m in inputs)
     n_out = sum(store.modules[m] for m in targets)
     if (n_in, n_out) != (model.n_in, model.n_out):
@@ -87,24 +125,19 @@ def evaluate_checkpoint(
             f"the store's modules give n_in={n_in} ({', '.join(inputs)}), n_out={n_out} but the checkpoint has "
             f"n_in={model.n_in}, n_out={model.n_out}: pick the modules it was trained on with --inputs/--targets"
         )
-    if _same_store(run_data, store.path) and not all_rows:
+
+
+def _row_range(run_data: dict[str, Any] | None, store: ActivationStore, options: EvalOptions) -> tuple[int, int, str]:
+    """(start, stop, what they are): the held-out rows when the checkpoint was trained on this store, else all
+    rows; at most `max_rows` of them."""
+    if _same_store(run_data, store.path) and not options.all_rows:
+        assert run_data is not None
         held_out = StoreSource(StoreDataConfig(**{**run_data, "normalize": False}), prefetch=False)
         start, rows_kind = held_out.n_train, "held-out rows (never trained on)"
     else:
         start, rows_kind = 0, "all rows"
-    stop = store.rows if max_rows is None else min(store.rows, start + max_rows)
-    metrics = streaming_metrics(model, _batches(store, inputs, targets, start, stop, batch_size), dense_threshold)
-    report: dict[str, Any] = {
-        "checkpoint": str(folder),
-        "store": str(store.path),
-        "inputs": inputs,
-        "targets": targets,
-        "rows": f"{rows_kind} [{start}, {stop})",
-        **metrics,
-    }
-    if splice:
-        report.update(_splice(model, store, inputs, targets, start, stop, splice_samples, device))
-    return report
+    stop = store.rows if options.max_rows is None else min(store.rows, start + options.max_rows)
+    return start, stop, rows_kind
 
 
 def _splice(

@@ -15,6 +15,7 @@ showed them to the dictionary). Losses are token-weighted over the whole input, 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,10 +24,27 @@ from torch import nn
 
 from sdlkit.errors import ConfigError, ShapeError
 from sdlkit.harvest.hooks import capture, replace_output
-from sdlkit.harvest.models import check_context_size, parse_modules, prepare_tokenizer
+from sdlkit.harvest.models import ModuleSpec, check_context_size, parse_modules, prepare_tokenizer
+from sdlkit.options import with_overrides
 
 Dictionary = Callable[[torch.Tensor], torch.Tensor]
 """Maps activations [rows, n_in] (float32, on the model's device) to reconstructions [rows, n_out]."""
+
+
+@dataclass(frozen=True)
+class SpliceOptions:
+    """How `splice_metrics` reads the texts and which tokens it replaces."""
+
+    batch_size: int = 8
+    """Texts tokenised and run at a time."""
+    context_size: int = 128
+    """Tokens per text (longer texts are truncated)."""
+    include_special: bool = False
+    """Also replace special tokens (BOS, EOS, ...); the harvest leaves them out by default."""
+
+
+_TOTALS = ("ce_clean", "ce_spliced", "ce_zero", "kl", "targets", "tokens", "replaced")
+"""Sums over batches: summed losses (float64 as floats) and token counts."""
 
 
 def splice_metrics(
@@ -36,47 +54,69 @@ def splice_metrics(
     module: str,
     dictionary: Dictionary,
     input_module: str | None = None,
-    *,
-    batch_size: int = 8,
-    context_size: int = 128,
-    include_special: bool = False,
+    options: SpliceOptions | None = None,
+    **overrides: Any,
 ) -> dict[str, float]:
     """CE loss (clean, spliced, zero-ablated), CE loss recovered and KL for `dictionary` spliced at `module`.
 
     `texts_or_token_batches`: texts (tokenised here in batches of `batch_size`, truncated to `context_size`)
     or token batches (dicts with input_ids [B, T] and attention_mask [B, T], right-padded, or input_ids alone).
+    `options` (or keyword overrides of its fields, e.g. `batch_size=4`): see SpliceOptions.
     """
+    options = with_overrides(SpliceOptions, options, overrides, "splice")
     out_spec = parse_modules([module], [model])[0]
     if out_spec.role != "output":
         raise ConfigError(f"splice module {module!r} must name a module output (the one replaced), not an input")
     in_spec = parse_modules([input_module], [model])[0] if input_module is not None else out_spec
     if tokenizer is not None:
         prepare_tokenizer(tokenizer)
-    special = sorted(set(tokenizer.all_special_ids)) if tokenizer is not None and not include_special else []
-    special_ids = torch.tensor(special, dtype=torch.int64)
-    device = next(model.parameters()).device
-    totals = dict.fromkeys(("ce_clean", "ce_spliced", "ce_zero", "kl", "targets", "tokens", "replaced"), 0.0)
+    special = sorted(set(tokenizer.all_special_ids)) if tokenizer is not None and not options.include_special else []
+    run = _Splice(model, in_spec, out_spec, dictionary, torch.tensor(special, dtype=torch.int64))
+    totals = dict.fromkeys(_TOTALS, 0.0)
     with torch.inference_mode():
-        for ids, attention in _token_batches(texts_or_token_batches, tokenizer, batch_size, context_size):
-            check_context_size(model, ids.shape[1], type(model).__name__)
-            ids, attention = ids.to(device), attention.to(device)
-            replace = attention.bool() & ~torch.isin(ids, special_ids.to(device))
-            clean = _log_probs(model, ids, attention)
-            with capture(model, in_spec.module, in_spec.role) as seen:
-                splice = _splicer(replace, seen, in_spec.key, out_spec.key, dictionary, same=in_spec == out_spec)
-                with replace_output(model, out_spec.module, splice):
-                    spliced = _log_probs(model, ids, attention)
-            with replace_output(model, out_spec.module, _zeroer(replace)):
-                zero = _log_probs(model, ids, attention)
-            targets, valid = ids[:, 1:], attention[:, 1:].bool() & attention[:, :-1].bool()
-            for name, log_probs in (("ce_clean", clean), ("ce_spliced", spliced), ("ce_zero", zero)):
-                totals[name] += float(_next_token_loss(log_probs, targets, valid))
-            real = attention.bool()
-            kl = F.kl_div(spliced[real], clean[real], log_target=True, reduction="none").sum(-1)
-            totals["kl"] += float(kl.sum(dtype=torch.float64))
-            totals["targets"] += int(valid.sum())
-            totals["tokens"] += int(real.sum())
-            totals["replaced"] += int(replace.sum())
+        batches = _token_batches(texts_or_token_batches, tokenizer, options.batch_size, options.context_size)
+        for ids, attention in batches:
+            for name, value in run.batch(ids, attention).items():
+                totals[name] += value
+    return _metrics(totals)
+
+
+@dataclass
+class _Splice:
+    """One model with the dictionary to splice: runs a batch clean, spliced and zero-ablated."""
+
+    model: nn.Module
+    in_spec: ModuleSpec
+    out_spec: ModuleSpec
+    dictionary: Dictionary
+    special_ids: torch.Tensor  # int64: token ids never replaced
+
+    def batch(self, ids: torch.Tensor, attention: torch.Tensor) -> dict[str, float]:
+        """The batch's summed losses and token counts (the keys of _TOTALS). ids, attention [B, T]."""
+        model, in_spec, out_spec = self.model, self.in_spec, self.out_spec
+        check_context_size(model, ids.shape[1], type(model).__name__)
+        device = next(model.parameters()).device
+        ids, attention = ids.to(device), attention.to(device)
+        replace = attention.bool() & ~torch.isin(ids, self.special_ids.to(device))
+        clean = _log_probs(model, ids, attention)
+        with capture(model, in_spec.module, in_spec.role) as seen:
+            splice = _splicer(replace, seen, in_spec.key, out_spec.key, self.dictionary, same=in_spec == out_spec)
+            with replace_output(model, out_spec.module, splice):
+                spliced = _log_probs(model, ids, attention)
+        with replace_output(model, out_spec.module, _zeroer(replace)):
+            zero = _log_probs(model, ids, attention)
+        targets, valid = ids[:, 1:], attention[:, 1:].bool() & attention[:, :-1].bool()
+        runs = (("ce_clean", clean), ("ce_spliced", spliced), ("ce_zero", zero))
+        sums = {name: float(_next_token_loss(log_probs, targets, valid)) for name, log_probs in runs}
+        real = attention.bool()
+        kl = F.kl_div(spliced[real], clean[real], log_target=True, reduction="none").sum(-1)
+        sums["kl"] = float(kl.sum(dtype=torch.float64))
+        sums.update(targets=int(valid.sum()), tokens=int(real.sum()), replaced=int(replace.sum()))
+        return sums
+
+
+def _metrics(totals: dict[str, float]) -> dict[str, float]:
+    """Per-token means of the summed losses, and CE loss recovered."""
     if not totals["targets"]:
         raise ConfigError("splice metrics need at least one sequence of two or more real tokens")
     n = totals["targets"]

@@ -17,6 +17,7 @@ from typing import Any
 from sdlkit.config import run_config
 from sdlkit.data import build_source
 from sdlkit.data.directions import known_directions
+from sdlkit.options import with_overrides
 from sdlkit.paper.label_recovery import (
     PAPER_TABLE2,
     TAU,
@@ -43,89 +44,101 @@ class Table2:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def run_config_values(
-    store: Path,
-    method: dict,
-    n_latents: int,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    eval_rows: int,
-    anchors: int,
-    device: str = "cpu",
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Table2Options:
+    """How every Table 2 run trains (the same for each method, with and without anchors)."""
+
+    n_latents: int
+    """Latents per SAE."""
+    steps: int
+    """Training steps."""
+    batch_size: int
+    """Rows per step."""
+    lr: float = 1e-3
+    """Learning rate."""
+    eval_rows: int = 4096
+    """Store rows held out for evaluation."""
+    anchors: int = ANCHORS
+    """Class-mean anchors of the anchored runs."""
+    device: str = "cpu"
+    """cpu, cuda[:N] or auto."""
+
+
+def run_config_values(store: Path, method: dict, options: Table2Options, anchors: int) -> dict[str, Any]:
     """The run config of one SAE (anchored with `anchors` > 0): normalised store rows, the paper's λ_anchor."""
-    train: dict[str, Any] = {"steps": steps, "batch_size": batch_size, "lr": lr, "log_every": steps}
+    steps = options.steps
+    train: dict[str, Any] = {"steps": steps, "batch_size": options.batch_size, "lr": options.lr, "log_every": steps}
     if anchors:
         train["anchors"] = {"count": anchors, "weight": ANCHOR_WEIGHT, "source": "labels"}
     return {
-        "data": {"store": str(store), "normalize": True, "eval_rows": eval_rows},
-        "model": {"n_latents": n_latents, "method": method},
+        "data": {"store": str(store), "normalize": True, "eval_rows": options.eval_rows},
+        "model": {"n_latents": options.n_latents, "method": method},
         "train": train,
         "seed": 0,
-        "device": device,
+        "device": options.device,
     }
 
 
 def table2(
-    store: Path,
-    methods: dict[str, dict],
-    *,
-    n_latents: int,
-    steps: int,
-    batch_size: int,
-    out: Path,
-    lr: float = 1e-3,
-    eval_rows: int = 4096,
-    anchors: int = ANCHORS,
-    device: str = "cpu",
+    store: Path, methods: dict[str, dict], *, out: Path, options: Table2Options | None = None, **overrides: Any
 ) -> Table2:
     """Train every method of `methods` (label -> method config) on `store` without and with `anchors`
     class-mean anchors, each into `out/<name>`; score all runs on the classes the anchored runs did not
-    anchor (the same seeded draw for every method)."""
+    anchor (the same seeded draw for every method). `options` (or keyword overrides of its fields; n_latents,
+    steps and batch_size have no default): see Table2Options."""
+    options = with_overrides(Table2Options, options, overrides, "table2")
     runs, truth, anchored = [], None, None
     for label, method in methods.items():
-        for count in (0, anchors):
-            values = run_config_values(store, method, n_latents, steps, batch_size, lr, eval_rows, count, device)
-            config = run_config(values)
-            source = build_source(config.data)
-            name = f"{method['name']}{'-fa' if count else ''}"
-            if (out / name).exists():
-                shutil.rmtree(out / name)  # a folder this function wrote on an earlier call
-            print(f"{label}{' + FA' if count else ''} on {store.name}: {steps} steps of {batch_size}", flush=True)
-            trainer = Trainer(config, source, out / name)
-            result = trainer.fit()
+        for count in (0, options.anchors):
+            run, source, anchor_indices = _train_run(store, label, method, count, out, options)
+            runs.append(run)
             if count:
-                anchored = trainer.anchors.indices
+                anchored = anchor_indices
             if truth is None:
                 truth = known_directions(source)
-            runs.append(
-                {
-                    "method": label,
-                    "anchored": bool(count),
-                    "model": result.model,
-                    "fvu": result.metrics["fvu"],
-                    "l0": result.metrics["l0"],
-                    "dead": result.metrics["dead_fraction"],
-                    "seconds": result.train_seconds,
-                    "samples": result.samples_seen,
-                    "run_dir": str(out / name),
-                    "config": values,
-                }
-            )
             source.close()
     assert truth is not None and anchored is not None
     for run in runs:  # twins are scored on the same classes: every method's anchors are the same draw
-        run.update(
-            score_dictionary(run["model"].W_E, run["model"].W_D, truth, anchored, anchors if run["anchored"] else 0)
-        )
-        del run["model"]
+        model = run.pop("model")
+        run.update(score_dictionary(model.W_E, model.W_D, truth, anchored, options.anchors if run["anchored"] else 0))
     references = {
-        f"anchors only ({anchors} class means)": anchors_only(truth, anchored),
-        f"chance ({n_latents:,} random directions)": chance(truth, anchored, n_latents),
+        f"anchors only ({options.anchors} class means)": anchors_only(truth, anchored),
+        f"chance ({options.n_latents:,} random directions)": chance(truth, anchored, options.n_latents),
     }
-    settings = {"n_latents": n_latents, "steps": steps, "batch_size": batch_size, "lr": lr, "anchors": anchors}
+    settings = {name: getattr(options, name) for name in ("n_latents", "steps", "batch_size", "lr", "anchors")}
     return Table2(runs, references, class_mean_geometry(truth, anchored), [truth.names[i] for i in anchored], settings)
+
+
+def _train_run(
+    store: Path, label: str, method: dict, anchors: int, out: Path, options: Table2Options
+) -> tuple[dict[str, Any], Any, list[int] | None]:
+    """Train one SAE into `out/<name>`: (its record, with the model under "model"; its data source; the
+    indices of its anchored features, None when unanchored)."""
+    values = run_config_values(store, method, options, anchors)
+    config = run_config(values)
+    source = build_source(config.data)
+    name = f"{method['name']}{'-fa' if anchors else ''}"
+    if (out / name).exists():
+        shutil.rmtree(out / name)  # a folder this function wrote on an earlier call
+    print(
+        f"{label}{' + FA' if anchors else ''} on {store.name}: {options.steps} steps of {options.batch_size}",
+        flush=True,
+    )
+    trainer = Trainer(config, source, out / name)
+    result = trainer.fit()
+    record = {
+        "method": label,
+        "anchored": bool(anchors),
+        "model": result.model,
+        "fvu": result.metrics["fvu"],
+        "l0": result.metrics["l0"],
+        "dead": result.metrics["dead_fraction"],
+        "seconds": result.train_seconds,
+        "samples": result.samples_seen,
+        "run_dir": str(out / name),
+        "config": values,
+    }
+    return record, source, trainer.anchors.indices if anchors else None
 
 
 def _pct(x: float | None) -> str:

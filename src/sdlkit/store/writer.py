@@ -251,44 +251,9 @@ class StoreWriter:
         and each row's provenance: token id and position within its sample, int64 [r] (default -1: a row
         that stands for a whole sample). A version-1 store (resumed) keeps no provenance."""
         self._check_open()
-        missing = [name for name in self._names if name not in acts]
-        extra = [name for name in acts if name not in self.manifest.modules]
-        if missing or extra:
-            raise StoreError(
-                f"append got modules {list(acts)}; the store holds {self._names} (missing {missing}, "
-                f"unexpected {extra})"
-            )
-        rows = None
-        part: dict[str, torch.Tensor] = {}
-        for name in self._names:
-            x = acts[name]
-            dim = self.manifest.modules[name].dim
-            if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != dim:
-                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-                raise StoreError(f"activations of module {name!r} have shape {shape}; the store needs [rows, {dim}]")
-            if rows is None:
-                rows = x.shape[0]
-            elif x.shape[0] != rows:
-                raise StoreError(
-                    f"module {name!r} has {x.shape[0]} rows but {self._names[0]!r} has {rows}; "
-                    "every module needs one row per token"
-                )
-            part[name] = x.detach().to(self._dtype)  # cast where it lives (a GPU's copy to the CPU is halved)
-        assert rows is not None
+        part, rows = self._cast_acts(acts)
         part[SAMPLE_KEY] = self._index_tensor("sample", sample, rows)
-        if self.manifest.labels is None:
-            if label is not None:
-                raise StoreError("append got labels but the store was created unlabelled (labels=None)")
-        else:
-            if label is None:
-                raise StoreError("append got no labels but the store is labelled; pass label int64 [rows]")
-            part[LABEL_KEY] = self._index_tensor("label", label, rows)
-            n_labels = len(self.manifest.labels)
-            if rows and (part[LABEL_KEY].min() < 0 or part[LABEL_KEY].max() >= n_labels):
-                raise StoreError(
-                    f"labels must be label ids in [0, {n_labels}); got values in "
-                    f"[{int(part[LABEL_KEY].min())}, {int(part[LABEL_KEY].max())}]"
-                )
+        self._add_labels(part, label, rows)
         for key, value in ((TOKEN_KEY, token), (POSITION_KEY, position)):
             if key in self.manifest.provenance_keys:
                 given = torch.full((rows,), -1, dtype=torch.int64) if value is None else value
@@ -298,15 +263,7 @@ class StoreWriter:
                 f"append got dataset sample {int(part[SAMPLE_KEY].min())}, but samples before "
                 f"{self._ready_end} are already stored or finished; rows would be duplicated"
             )
-        stats = {}
-        for name in self._names:
-            stats[name] = _row_stats(part[name])
-            if not torch.isfinite(stats[name][1]):  # only then look for the row (isfinite is slow on CPUs)
-                first = int((~torch.isfinite(part[name]).all(dim=1)).nonzero()[0, 0])
-                raise StoreError(
-                    f"module {name!r} has NaN or inf activations (as {self.manifest.dtype}) for dataset sample "
-                    f"{int(part[SAMPLE_KEY][first])}; skip that sample, or harvest in float32 if float16 overflowed"
-                )
+        stats = self._part_stats(part)
         if rows:
             for name in self._names:
                 part[name] = part[name].to("cpu").contiguous()
@@ -378,6 +335,64 @@ class StoreWriter:
         if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
             raise StoreError(f"{what} has dtype {value.dtype}; the store needs integer ids (int64)")
         return value.detach().to("cpu", torch.int64).contiguous()
+
+    def _cast_acts(self, acts: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+        """Every module's activations [rows, dim] in the store dtype (cast where they live: a GPU's copy to the
+        CPU is then halved), and the row count; StoreError on a missing or unexpected module or a bad shape."""
+        missing = [name for name in self._names if name not in acts]
+        extra = [name for name in acts if name not in self.manifest.modules]
+        if missing or extra:
+            raise StoreError(
+                f"append got modules {list(acts)}; the store holds {self._names} (missing {missing}, "
+                f"unexpected {extra})"
+            )
+        rows = None
+        part: dict[str, torch.Tensor] = {}
+        for name in self._names:
+            x = acts[name]
+            dim = self.manifest.modules[name].dim
+            if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != dim:
+                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise StoreError(f"activations of module {name!r} have shape {shape}; the store needs [rows, {dim}]")
+            if rows is None:
+                rows = x.shape[0]
+            elif x.shape[0] != rows:
+                raise StoreError(
+                    f"module {name!r} has {x.shape[0]} rows but {self._names[0]!r} has {rows}; "
+                    "every module needs one row per token"
+                )
+            part[name] = x.detach().to(self._dtype)
+        assert rows is not None
+        return part, rows
+
+    def _add_labels(self, part: dict[str, torch.Tensor], label: torch.Tensor | None, rows: int) -> None:
+        """Check `label` against the store (given iff it is labelled, ids in range) and add it to `part`."""
+        if self.manifest.labels is None:
+            if label is not None:
+                raise StoreError("append got labels but the store was created unlabelled (labels=None)")
+            return
+        if label is None:
+            raise StoreError("append got no labels but the store is labelled; pass label int64 [rows]")
+        part[LABEL_KEY] = self._index_tensor("label", label, rows)
+        n_labels = len(self.manifest.labels)
+        if rows and (part[LABEL_KEY].min() < 0 or part[LABEL_KEY].max() >= n_labels):
+            raise StoreError(
+                f"labels must be label ids in [0, {n_labels}); got values in "
+                f"[{int(part[LABEL_KEY].min())}, {int(part[LABEL_KEY].max())}]"
+            )
+
+    def _part_stats(self, part: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per module (Σx, Σ‖x‖²) of the stored values; StoreError naming the first sample with NaN or inf."""
+        stats = {}
+        for name in self._names:
+            stats[name] = _row_stats(part[name])
+            if not torch.isfinite(stats[name][1]):  # only then look for the row (isfinite is slow on CPUs)
+                first = int((~torch.isfinite(part[name]).all(dim=1)).nonzero()[0, 0])
+                raise StoreError(
+                    f"module {name!r} has NaN or inf activations (as {self.manifest.dtype}) for dataset sample "
+                    f"{int(part[SAMPLE_KEY][first])}; skip that sample, or harvest in float32 if float16 overflowed"
+                )
+        return stats
 
     def _merge_skipped(self) -> None:
         totals = self.manifest.progress.skipped

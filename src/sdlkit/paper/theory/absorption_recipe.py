@@ -65,16 +65,13 @@ def absorption_configuration(
     expected_pattern (P' of the theorem), realised (pattern == P'), absorbed_feature d*, new_latent,
     a_min, lambda, c_new (c''), alpha, M, eps, tie (the two smallest activations are equal).
     """
-    n = check_features(W_p)
+    check_features(W_p)
     check_unit_columns("W_p", W_p)
     check_matrix("W_E", W_E, cols=W_p.shape[0])
     n_q = W_E.shape[0]
     if not 0 <= parent < n_q:
         raise ConfigError(f"parent = {parent} must index a latent in [0, {n_q})")
-    theta = torch.as_tensor(thresholds, dtype=torch.float64, device=W_E.device)
-    theta = theta.expand(n_q).clone() if theta.ndim == 0 else theta.clone()
-    if theta.shape != (n_q,):
-        raise ConfigError(f"thresholds must be a scalar or [{n_q}], got shape {tuple(theta.shape)}")
+    theta = _threshold_vector(thresholds, n_q, W_E.device)
     W_E64, W_p64 = W_E.detach().to(torch.float64), W_p.detach().to(torch.float64)
     pattern = activation_pattern(W_E64, W_p64, threshold_sigma(theta))
     block = pattern[parent].nonzero().flatten()
@@ -83,34 +80,14 @@ def absorption_configuration(
     c = theta[parent].item()
     if c < 0:
         raise ConfigError(f"the parent's threshold c = {c} must be >= 0")
-    G = W_p64.T @ W_p64
-    M = G.masked_fill(torch.eye(n, dtype=torch.bool, device=G.device), float("-inf")).max().item()
-    if not -1 < M < 1:
-        raise ConfigError(f"the recipe needs -1 < M < 1 (α = 2c''/(1 + M) and α M < c''), got M = {M}")
-
-    acts = W_E64[parent] @ W_p64[:, block]
-    order = acts.argsort()
-    a_min = acts[order[0]].item()
-    d_star = int(block[order[0]])
-    lam = (c + a_min) / (2 * a_min)
-    room = lam * (acts[order[1]].item() - a_min)
-    tie = room <= _TIE * max(1.0, a_min)
-    if eps is None:  # half the room; on a tie (up to rounding) there is none and the recipe fails
-        eps = _TIE * max(1.0, a_min) if tie else room / 2
-    c_new = (c + a_min) / 2 + eps
-    alpha = 2 * c_new / (1 + M)
-
-    new_W_E = torch.cat([W_E64, alpha * W_p64[:, d_star][None, :]])
-    new_W_E[parent] *= lam
-    if per_latent:
-        new_theta = torch.cat([theta, theta.new_tensor([c_new])])
-        new_theta[parent] = c_new
-    else:
-        new_theta = torch.full((n_q + 1,), c_new, dtype=torch.float64, device=W_E.device)
+    M = _max_interference(W_p64)
+    recipe = _recipe(W_E64[parent] @ W_p64[:, block], block, c, M, eps)
+    d_star, c_new = recipe["absorbed_feature"], recipe["c_new"]
+    new_W_E = torch.cat([W_E64, recipe["alpha"] * W_p64[:, d_star][None, :]])
+    new_W_E[parent] *= recipe["lambda"]
+    new_theta = _new_thresholds(theta, parent, c_new, per_latent)
     new_pattern = activation_pattern(new_W_E, W_p64, threshold_sigma(new_theta))
-    expected = torch.cat([pattern, torch.zeros(1, n, dtype=torch.bool, device=pattern.device)])
-    expected[parent, d_star] = False
-    expected[n_q, d_star] = True
+    expected = _expected_pattern(pattern, parent, d_star)
     return {
         "W_E": new_W_E,
         "thresholds": new_theta,
@@ -119,6 +96,52 @@ def absorption_configuration(
         "realised": bool(torch.equal(new_pattern, expected)),
         "absorbed_feature": d_star,
         "new_latent": n_q,
+        **{key: recipe[key] for key in ("a_min", "lambda", "c_new", "alpha", "M", "eps", "tie")},
+    }
+
+
+def _threshold_vector(thresholds: float | torch.Tensor, n_q: int, device: torch.device) -> torch.Tensor:
+    """θ [n_q] (float64, a copy) from a scalar or [n_q]."""
+    theta = torch.as_tensor(thresholds, dtype=torch.float64, device=device)
+    theta = theta.expand(n_q).clone() if theta.ndim == 0 else theta.clone()
+    if theta.shape != (n_q,):
+        raise ConfigError(f"thresholds must be a scalar or [{n_q}], got shape {tuple(theta.shape)}")
+    return theta
+
+
+def _new_thresholds(theta: torch.Tensor, parent: int, c_new: float, per_latent: bool) -> torch.Tensor:
+    """[n_q + 1]: c'' for the parent and the new latent, the others unchanged (per_latent), or c'' for all."""
+    if not per_latent:
+        return torch.full((len(theta) + 1,), c_new, dtype=torch.float64, device=theta.device)
+    new_theta = torch.cat([theta, theta.new_tensor([c_new])])
+    new_theta[parent] = c_new
+    return new_theta
+
+
+def _max_interference(W_p64: torch.Tensor) -> float:
+    """M: the largest signed off-diagonal ⟨w_p^i, w_p^j⟩; ConfigError unless −1 < M < 1."""
+    G = W_p64.T @ W_p64
+    M = G.masked_fill(torch.eye(G.shape[0], dtype=torch.bool, device=G.device), float("-inf")).max().item()
+    if not -1 < M < 1:
+        raise ConfigError(f"the recipe needs -1 < M < 1 (α = 2c''/(1 + M) and α M < c''), got M = {M}")
+    return M
+
+
+def _recipe(acts: torch.Tensor, block: torch.Tensor, c: float, M: float, eps: float | None) -> dict[str, Any]:
+    """The recipe's numbers from the parent's activations `acts` [k] on its features `block` [k]: d*, a_min,
+    λ, ε (the default when None), c'', α, and whether the two smallest activations tie."""
+    order = acts.argsort()
+    a_min = acts[order[0]].item()
+    lam = (c + a_min) / (2 * a_min)
+    room = lam * (acts[order[1]].item() - a_min)
+    tie = room <= _TIE * max(1.0, a_min)
+    if eps is None:  # half the room; on a tie (up to rounding) there is none and the recipe fails
+        eps = _TIE * max(1.0, a_min) if tie else room / 2
+    c_new = (c + a_min) / 2 + eps
+    alpha = 2 * c_new / (1 + M)
+    d_star = int(block[order[0]])
+    return {
+        "absorbed_feature": d_star,
         "a_min": a_min,
         "lambda": lam,
         "c_new": c_new,
@@ -127,3 +150,12 @@ def absorption_configuration(
         "eps": eps,
         "tie": tie,
     }
+
+
+def _expected_pattern(pattern: torch.Tensor, parent: int, d_star: int) -> torch.Tensor:
+    """P' of Thm 3.8 [n_q + 1, n]: P with d* moved from the parent to a new last latent."""
+    n_q, n = pattern.shape
+    expected = torch.cat([pattern, torch.zeros(1, n, dtype=torch.bool, device=pattern.device)])
+    expected[parent, d_star] = False
+    expected[n_q, d_star] = True
+    return expected

@@ -25,13 +25,15 @@ and raises ConfigError when it does not; `encoder="paper"` builds the paper's li
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import pairwise
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from scipy.optimize import linprog
 
 from sdlkit.errors import ConfigError
+from sdlkit.options import with_overrides
 from sdlkit.paper.theory._util import Sigma, check_features, moments_vector, realise_preactivations
 from sdlkit.paper.theory.patterns import activation_pattern, pattern_from_partition
 
@@ -100,6 +102,18 @@ def stationary_block_codes(W_F: torch.Tensor, M_F: torch.Tensor, tol: float = 1e
     )
 
 
+@dataclass(frozen=True)
+class MinimumOptions:
+    """How `spurious_minimum` builds its configuration."""
+
+    encoder: Literal["stationary", "paper"] = "stationary"
+    """The block codes that make both gradients vanish ("stationary"), or the literal recipe, random c_d ("paper")."""
+    margin: float = 0.1
+    """Pre-activation −margin for every (latent, feature) outside the pattern (>= 0)."""
+    generator: torch.Generator | None = None
+    """Draws the random factors."""
+
+
 def spurious_minimum(
     partition: list[list[int]],
     W_p: torch.Tensor,
@@ -107,10 +121,8 @@ def spurious_minimum(
     M: object,
     n_q: int,
     sigma: Sigma,
-    *,
-    encoder: Literal["stationary", "paper"] = "stationary",
-    margin: float = 0.1,
-    generator: torch.Generator | None = None,
+    options: MinimumOptions | None = None,
+    **overrides: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Thm 3.6's configuration for a partition pattern: latent i fires exactly for partition[i].
 
@@ -119,7 +131,8 @@ def spurious_minimum(
     (latent, feature), by the biorthogonal rows of W_p⁺ (`realise_preactivations`; needs n ≤ n_p, else
     ConfigError: the pattern may not be realisable). margin > 0 keeps the pattern independent of
     rounding (with margin = 0, the paper's exact c_d·1[d ∈ F_i], the zeros come out as ±1e-16) and does
-    not change the gradients, since σ'(−margin) = 0.
+    not change the gradients, since σ'(−margin) = 0. `options` (or keyword overrides of its fields, e.g.
+    `encoder="paper", generator=g`): see MinimumOptions.
 
     encoder = "stationary": per block, a = `stationary_block_codes` rescaled to max 1, times a random
     factor in [0.5, 1.5] (rescaling a block's a, with its decoder column inversely, keeps stationarity):
@@ -129,42 +142,56 @@ def spurious_minimum(
     The decoder is the weighted least-squares fit computed from σ's codes, dead columns 0. ConfigError
     if σ does not realise the partition with these pre-activations.
     """
+    options = with_overrides(MinimumOptions, options, overrides, "spurious_minimum")
     n = check_features(W_p, W_r)
     check_partition(partition, n, n_q)
-    if margin < 0:
-        raise ConfigError(f"margin = {margin} must be >= 0")
+    if options.margin < 0:
+        raise ConfigError(f"margin = {options.margin} must be >= 0")
     M_vec = moments_vector(M, n, torch.empty(0, dtype=torch.float64))
     if (M_vec <= 0).any():
         raise ConfigError("every M_d must be > 0")
+    a = _latent_values(partition, W_r, M_vec, options)
     block_of = torch.empty(n, dtype=torch.long)
     for i, block in enumerate(partition):
         block_of[block] = i
-    if encoder == "paper":
-        a = 0.5 + torch.rand(n, generator=generator, dtype=torch.float64)
-    elif encoder == "stationary":
-        factors = 0.5 + torch.rand(len(partition), generator=generator, dtype=torch.float64)
-        a = torch.empty(n, dtype=torch.float64)
-        W_r64 = W_r.detach().to(torch.float64).cpu()
-        for i, block in enumerate(partition):
-            if len(block) == 1:  # a single feature: any positive value is stationary
-                a[block] = factors[i]
-                continue
-            codes, _ = stationary_block_codes(W_r64[:, block], M_vec[block])
-            a[block] = codes / codes.max() * factors[i]
-    else:
-        raise ConfigError(f"encoder = {encoder!r} must be 'stationary' or 'paper'")
-
-    Z = torch.full((n_q, n), -float(margin), dtype=torch.float64)
+    Z = torch.full((n_q, n), -float(options.margin), dtype=torch.float64)
     Z[block_of, torch.arange(n)] = a
     W_E = realise_preactivations(Z.to(W_p.device), W_p)
     want = pattern_from_partition(partition, n_q, n).to(W_p.device)
     if not torch.equal(activation_pattern(W_E, W_p, sigma), want):
         raise ConfigError("σ does not realise the partition with these pre-activations (try a larger margin)")
+    return W_E, _least_squares_decoder(W_E, W_p, W_r, M_vec, sigma)
 
+
+def _latent_values(
+    partition: list[list[int]], W_r: torch.Tensor, M_vec: torch.Tensor, options: MinimumOptions
+) -> torch.Tensor:
+    """a [n] (float64): the value of feature d's latent on w_p^d, per `options.encoder`."""
+    n, generator = len(M_vec), options.generator
+    if options.encoder == "paper":
+        return 0.5 + torch.rand(n, generator=generator, dtype=torch.float64)
+    if options.encoder != "stationary":
+        raise ConfigError(f"encoder = {options.encoder!r} must be 'stationary' or 'paper'")
+    factors = 0.5 + torch.rand(len(partition), generator=generator, dtype=torch.float64)
+    a = torch.empty(n, dtype=torch.float64)
+    W_r64 = W_r.detach().to(torch.float64).cpu()
+    for i, block in enumerate(partition):
+        if len(block) == 1:  # a single feature: any positive value is stationary
+            a[block] = factors[i]
+            continue
+        codes, _ = stationary_block_codes(W_r64[:, block], M_vec[block])
+        a[block] = codes / codes.max() * factors[i]
+    return a
+
+
+def _least_squares_decoder(
+    W_E: torch.Tensor, W_p: torch.Tensor, W_r: torch.Tensor, M_vec: torch.Tensor, sigma: Sigma
+) -> torch.Tensor:
+    """W_D [n_r, n_q]: the M-weighted least-squares fit of the w_r from σ's codes of the isolated features
+    (W_D^i = Σ_d M_d q_di w_r^d / Σ_d M_d q_di²); columns of latents that never fire are 0."""
     W_p64, W_r64 = W_p.detach().to(torch.float64), W_r.detach().to(torch.float64)
     with torch.no_grad():
         Q = sigma(W_p64.T @ W_E.T)  # [n, n_q]
     weights = M_vec.to(W_p.device)[:, None] * Q
     den = (weights * Q).sum(dim=0)
-    W_D = torch.where(den > 0, (W_r64 @ weights) / den.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
-    return W_E, W_D
+    return torch.where(den > 0, (W_r64 @ weights) / den.clamp_min(torch.finfo(torch.float64).tiny), 0.0)

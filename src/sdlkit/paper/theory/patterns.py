@@ -58,43 +58,55 @@ def classify(pattern: torch.Tensor, W_D: torch.Tensor | None = None, W_r: torch.
     absorbed = fired & ~recovered
     lost = ~fired
     status = [("recovered" if r else "absorbed" if a else "lost") for r, a in zip(recovered, absorbed, strict=True)]
-
     latent_features = {int(i): P[i].nonzero().flatten().tolist() for i in poly.nonzero().flatten()}
-    absorbed_into: dict[int, list[tuple[int, list[int]]]] = {int(d): [] for d in absorbed.nonzero().flatten()}
-    for i, feats in latent_features.items():
-        for d in feats:
-            if d in absorbed_into:
-                absorbed_into[d].append((i, [f for f in feats if f != d]))
-
-    def indices(mask: torch.Tensor) -> list[int]:
-        return mask.nonzero().flatten().tolist()
-
     out: dict[str, Any] = {
         "n_latents": n_q,
         "n_features": n,
         "latent_sizes": sizes,
-        "monosemantic": indices(mono),
-        "polysemantic": indices(poly),
-        "dead": indices(dead),
+        "monosemantic": _indices(mono),
+        "polysemantic": _indices(poly),
+        "dead": _indices(dead),
         "n_monosemantic": int(mono.sum()),
         "n_polysemantic": int(poly.sum()),
         "n_dead": int(dead.sum()),
         "feature_status": status,
-        "recovered": indices(recovered),
-        "absorbed": indices(absorbed),
-        "lost": indices(lost),
+        "recovered": _indices(recovered),
+        "absorbed": _indices(absorbed),
+        "lost": _indices(lost),
         "n_recovered": int(recovered.sum()),
         "n_absorbed": int(absorbed.sum()),
         "n_lost": int(lost.sum()),
         "latent_features": latent_features,
-        "absorbed_into": absorbed_into,
+        "absorbed_into": _absorbed_into(latent_features, _indices(absorbed)),
         "is_partition": bool((P.sum(dim=0) == 1).all()),
     }
     if W_D is not None and W_r is not None:
-        check_matrix("W_D", W_D, cols=n_q)
-        check_matrix("W_r", W_r, rows=W_D.shape[0], cols=n)
-        D = W_D.detach().to(torch.float64).cpu()
-        R = W_r.detach().to(torch.float64).cpu()
-        cos = (D / D.norm(dim=0).clamp_min(1e-12)).T @ (R / R.norm(dim=0).clamp_min(1e-12))  # [n_q, n]
-        out["decoder_cosine"] = torch.where(P, cos.abs(), torch.zeros_like(cos)).amax(dim=0)
+        out["decoder_cosine"] = _decoder_cosine(P, W_D, W_r)
     return out
+
+
+def _indices(mask: torch.Tensor) -> list[int]:
+    return mask.nonzero().flatten().tolist()
+
+
+def _absorbed_into(
+    latent_features: dict[int, list[int]], absorbed: list[int]
+) -> dict[int, list[tuple[int, list[int]]]]:
+    """For each absorbed feature d: the polysemantic latents i that fire for it, with the other features of F_i."""
+    out: dict[int, list[tuple[int, list[int]]]] = {d: [] for d in absorbed}
+    for i, feats in latent_features.items():
+        for d in feats:
+            if d in out:
+                out[d].append((i, [f for f in feats if f != d]))
+    return out
+
+
+def _decoder_cosine(P: torch.Tensor, W_D: torch.Tensor, W_r: torch.Tensor) -> torch.Tensor:
+    """[n]: max |cos(W_D[:, i], w_r^d)| over the latents i with P[i, d] (0 if none). P [n_q, n] bool."""
+    n_q, n = P.shape
+    check_matrix("W_D", W_D, cols=n_q)
+    check_matrix("W_r", W_r, rows=W_D.shape[0], cols=n)
+    D = W_D.detach().to(torch.float64).cpu()
+    R = W_r.detach().to(torch.float64).cpu()
+    cos = (D / D.norm(dim=0).clamp_min(1e-12)).T @ (R / R.norm(dim=0).clamp_min(1e-12))  # [n_q, n]
+    return torch.where(P, cos.abs(), torch.zeros_like(cos)).amax(dim=0)
