@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from sdlkit.data.lrb.features import make_feature_matrix, max_interference
+from sdlkit.data.lrb.features import PGDSettings, make_feature_matrix, max_interference
 from sdlkit.data.lrb.source import LRB_PRESETS, LRBConfig, LRBSource, lrb_preset
 from sdlkit.data.source import Batch, DataSource
 from sdlkit.errors import ConfigError
@@ -87,7 +87,7 @@ def test_max_interference_chunked_matches_dense() -> None:
 def _timed_error(*args: float, **kwargs: int) -> tuple[str, float]:
     start = time.perf_counter()
     with pytest.raises(ConfigError) as info:
-        make_feature_matrix(*args, generator=_gen(0), **kwargs)  # type: ignore[arg-type]
+        make_feature_matrix(*args, generator=_gen(0), pgd=PGDSettings(**kwargs))  # type: ignore[arg-type]
     return str(info.value), time.perf_counter() - start
 
 

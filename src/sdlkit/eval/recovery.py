@@ -315,16 +315,9 @@ def dictionary_recovery(
     - curves=True: recovery_curve = {"tau": [101], "encoder": [101], "decoder": [101]}, M_GT against τ
       (`recovery_curve`) from the same best matches.
     """
-    for name, W, width, side in (("W_p", W_p, model.n_in, "n_in"), ("W_r", W_r, model.n_out, "n_out")):
-        check_matrix(name, W)
-        if W.shape[0] != width:
-            raise ShapeError(f"{name} has shape {tuple(W.shape)}; this dictionary needs [{side} = {width}, n_features]")
-    if W_p.shape[1] != W_r.shape[1]:
-        raise ShapeError(f"W_p has {W_p.shape[1]} features but W_r has {W_r.shape[1]}; they must agree")
+    _check_truth(model, W_p, W_r)
     tau = _check_tau(tau)
     n = W_p.shape[1]
-    if n == 0:
-        raise ShapeError("W_p has no feature columns to score")
     device = model.W_E.device
     keep = feature_mask(exclude, n).to(device)
     W_p = W_p.detach().to(device)[:, keep]
@@ -342,6 +335,37 @@ def dictionary_recovery(
             "encoder": encoder_curve.tolist(),
             "decoder": recovery_curve(best_decoder.cpu())[1].tolist(),
         }
+    record |= _per_source(model, encoder, decoder, W_p, W_r, tau)
+    if matched:
+        for learned, truth, suffix in ((encoder, W_p, ""), (decoder, W_r, "_decoder")):
+            scores, _ = matched_scores(learned, truth)
+            record[f"matched_gt_recovery{suffix}"] = gt_recovery(scores, tau)
+            record[f"matched_max_inner_product{suffix}"] = max_inner_product(scores)
+    return record
+
+
+def _check_truth(model: SparseDictionary, W_p: torch.Tensor, W_r: torch.Tensor) -> None:
+    """ShapeError unless W_p [n_in, n] and W_r [n_out, n] are finite matrices that fit `model`, n >= 1."""
+    for name, W, width, side in (("W_p", W_p, model.n_in, "n_in"), ("W_r", W_r, model.n_out, "n_out")):
+        check_matrix(name, W)
+        if W.shape[0] != width:
+            raise ShapeError(f"{name} has shape {tuple(W.shape)}; this dictionary needs [{side} = {width}, n_features]")
+    if W_p.shape[1] != W_r.shape[1]:
+        raise ShapeError(f"W_p has {W_p.shape[1]} features but W_r has {W_r.shape[1]}; they must agree")
+    if W_p.shape[1] == 0:
+        raise ShapeError("W_p has no feature columns to score")
+
+
+def _per_source(
+    model: SparseDictionary,
+    encoder: torch.Tensor,
+    decoder: torch.Tensor,
+    W_p: torch.Tensor,
+    W_r: torch.Tensor,
+    tau: float,
+) -> dict[str, float]:
+    """Crosscoders: the scores of each source's block of encoder rows / decoder columns (none otherwise)."""
+    record: dict[str, float] = {}
     in_blocks = model.config.in_blocks or [model.n_in]
     out_blocks = model.config.out_blocks or [model.n_out]
     if len(in_blocks) > 1:
@@ -350,9 +374,4 @@ def dictionary_recovery(
     if len(out_blocks) > 1:
         for j, (D, R) in enumerate(zip(decoder.split(out_blocks, dim=1), W_r.split(out_blocks, dim=0), strict=True)):
             record |= _scores(D, R, tau, f"_source_{j}_decoder")
-    if matched:
-        for learned, truth, suffix in ((encoder, W_p, ""), (decoder, W_r, "_decoder")):
-            scores, _ = matched_scores(learned, truth)
-            record[f"matched_gt_recovery{suffix}"] = gt_recovery(scores, tau)
-            record[f"matched_max_inner_product{suffix}"] = max_inner_product(scores)
     return record

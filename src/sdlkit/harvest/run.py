@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from sdlkit.harvest.models import (
     resolve_device,
 )
 from sdlkit.harvest.pooling import pool_tokens
+from sdlkit.options import with_overrides
 from sdlkit.store import StoreManifest, StoreWriter
 from sdlkit.store.writer import resumable_manifest
 
@@ -131,7 +132,7 @@ def harvest(
     an image folder, or a hub dataset (needs `datasets`). `options` (or keyword `overrides` of its fields, e.g.
     `max_rows=1_000_000`) say how: see HarvestOptions.
     """
-    options = _options(options, overrides)
+    options = with_overrides(HarvestOptions, options, overrides, "harvest")
     names = [model] if isinstance(model, str) else list(model)
     if not names:
         raise ConfigError("no model given: pass --model NAME_OR_PATH")
@@ -153,15 +154,6 @@ def harvest(
     with writer:  # an exception (or Ctrl-C) closes the store incomplete, so --resume continues it
         _loop(writer, job, range(start, n_samples, step), n_samples, options.max_rows, options.progress)
     return writer.manifest.model_copy(deep=True)
-
-
-def _options(options: HarvestOptions | None, overrides: dict[str, Any]) -> HarvestOptions:
-    """`options` with `overrides` applied (a one-line error naming an unknown option)."""
-    known = {f.name for f in fields(HarvestOptions)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"unknown harvest option {unknown[0]!r}; known: {', '.join(sorted(known))}")
-    return replace(options or HarvestOptions(), **overrides)
 
 
 def _job(names: list[str], modules: str | list[str], dataset: Dataset, options: HarvestOptions) -> _Job:

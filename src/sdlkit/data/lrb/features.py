@@ -24,6 +24,7 @@ log scale (t = 0.5 gives ~15). The PGD then enforces the same M on either frame.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_LR",
     "DEFAULT_MAX_ITERS",
     "FRAMES",
+    "PGDSettings",
     "check_interference_feasible",
     "dual_frame",
     "frame_properties",
@@ -180,31 +182,11 @@ def check_interference_feasible(n_dims: int, n_features: int, M: float) -> None:
         )
 
 
-def make_feature_matrix(
-    n_dims: int,
-    n_features: int,
-    M: float,
-    *,
-    generator: torch.Generator,
-    eps: float = DEFAULT_EPS,
-    lam: float = DEFAULT_LAM,
-    lr: float = DEFAULT_LR,
-    max_iters: int = DEFAULT_MAX_ITERS,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
-    tightness: float = 0.0,
-) -> torch.Tensor:
-    """W [n_dims, n_features] with unit-norm columns and max_{i != j} <w_i, w_j> <= M (signed).
+@dataclass(frozen=True)
+class PGDSettings:
+    """The interference PGD's settings (App. C.1 gives none; each default is justified below).
 
-    `tightness` t in [0, 1] moves the Gaussian draw towards its nearest tight frame before the PGD
-    (`tighten`); 0 (the default) is App. C as written.
-
-    The Gaussian draw uses `generator` on the generator's own device (so the result is a function of
-    the generator's state); the optimisation then runs on `device` (default: the generator's device),
-    in float64 if `dtype` is float64 and float32 otherwise. The returned matrix, cast to `dtype`, is
-    checked exactly (`max_interference` in float64) before it is returned.
-
-    Defaults (the paper gives none; chosen by experiment on CPU, float32, seeds 0-9, problems from
+    Chosen by experiment on CPU, float32, seeds 0-9, problems from
     n=4 in 3 dims to n=2000 in 200 dims and n=1400 in 768 dims, M from -0.33 to 0.5):
     - eps = 0.005: the margin only has to beat the overshoot of one step; larger margins (0.01, 0.02)
       moved W further than needed and took up to 2x more iterations for small M, while 0.005
@@ -222,6 +204,41 @@ def make_feature_matrix(
     - max_iters = 500: the paper's setting (n=1000, n_dims=768, M=0.1) takes 1-4 iterations,
       M=0.05 there 4, M=0.01 there ~110 (benchmarks/README.md has the times). PGD also stops early when
       the best max interference gains less than 1e-4 over 100 iterations (it is stuck).
+    """
+
+    eps: float = DEFAULT_EPS
+    lam: float = DEFAULT_LAM
+    lr: float = DEFAULT_LR
+    max_iters: int = DEFAULT_MAX_ITERS
+
+    def __post_init__(self) -> None:
+        if not (self.eps > 0 and self.lam >= 0 and self.lr > 0 and self.max_iters >= 1):
+            raise ConfigError(
+                f"interference optimiser settings eps={self.eps}, lam={self.lam}, lr={self.lr}, "
+                f"max_iters={self.max_iters} are not allowed: need eps > 0, lam >= 0, lr > 0, max_iters >= 1"
+            )
+
+
+def make_feature_matrix(
+    n_dims: int,
+    n_features: int,
+    M: float,
+    *,
+    generator: torch.Generator,
+    pgd: PGDSettings | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    tightness: float = 0.0,
+) -> torch.Tensor:
+    """W [n_dims, n_features] with unit-norm columns and max_{i != j} <w_i, w_j> <= M (signed).
+
+    `tightness` t in [0, 1] moves the Gaussian draw towards its nearest tight frame before the PGD
+    (`tighten`); 0 (the default) is App. C as written. `pgd`: the PGD's settings (default PGDSettings()).
+
+    The Gaussian draw uses `generator` on the generator's own device (so the result is a function of
+    the generator's state); the optimisation then runs on `device` (default: the generator's device),
+    in float64 if `dtype` is float64 and float32 otherwise. The returned matrix, cast to `dtype`, is
+    checked exactly (`max_interference` in float64) before it is returned.
 
     Raises ConfigError at once when M is provably out of reach (`check_interference_feasible`), and
     after the iterations when PGD did not reach M, naming the best value reached.
@@ -230,13 +247,8 @@ def make_feature_matrix(
         raise ConfigError(
             f"make_feature_matrix needs n_dims >= 1 and n_features >= 1, got n_dims={n_dims}, n_features={n_features}"
         )
-    if not (eps > 0 and lam >= 0 and lr > 0 and max_iters >= 1):
-        raise ConfigError(
-            f"interference optimiser settings eps={eps}, lam={lam}, lr={lr}, max_iters={max_iters} are not "
-            "allowed: need eps > 0, lam >= 0, lr > 0, max_iters >= 1"
-        )
+    pgd = pgd or PGDSettings()
     check_interference_feasible(n_dims, n_features, M)
-
     work_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     W = torch.randn(n_dims, n_features, generator=generator, device=generator.device, dtype=work_dtype)
     if device is not None:
@@ -246,15 +258,17 @@ def make_feature_matrix(
         W = tighten(W, tightness)
     if n_features == 1 or M >= 1:
         return W.to(dtype)
+    return _pgd(W, M, pgd, dtype)
 
-    target = M - eps
-    n = n_features
+
+def _pgd(W: torch.Tensor, M: float, pgd: PGDSettings, dtype: torch.dtype) -> torch.Tensor:
+    """App. C.1's projected gradient descent from W [d, n] until max interference <= M (cast to `dtype`)."""
+    target = M - pgd.eps
+    n_dims, n = W.shape
     diag = torch.arange(n, device=W.device)
-    best = math.inf
-    best_at_window_start = math.inf
-    it = 0
-    stalled = False
-    for it in range(max_iters + 1):
+    best = best_at_window_start = math.inf
+    it, stalled = 0, False
+    for it in range(pgd.max_iters + 1):
         G = W.T @ W
         G[diag, diag] = float("-inf")
         worst = G.max().item()
@@ -268,17 +282,17 @@ def make_feature_matrix(
                 stalled = True
                 break
             best_at_window_start = best
-        if it == max_iters:
+        if it == pgd.max_iters:
             break
         D = (G - target).clamp_min_(0)
-        if lam > 0:
-            D.add_(G.clamp_min(0), alpha=lam)
+        if pgd.lam > 0:
+            D.add_(G.clamp_min(0), alpha=pgd.lam)
         row_sum = D.sum(dim=1).max().item()
-        step = min(lr, _STEP_CAP / (4.0 * row_sum)) if row_sum > 0 else lr
+        step = min(pgd.lr, _STEP_CAP / (4.0 * row_sum)) if row_sum > 0 else pgd.lr
         W = W - (4.0 * step) * (W @ D)
         W = W / W.norm(dim=0, keepdim=True)
 
-    how = f"stalled after {it} iterations" if stalled else f"stopped at max_iters = {max_iters}"
+    how = f"stalled after {it} iterations" if stalled else f"stopped at max_iters = {pgd.max_iters}"
     raise ConfigError(
         f"M = {M} was not reached for {n} features in {n_dims} dims: projected gradient descent got max "
         f"interference down to {best:.6g} ({how}); raise M (above {best:.4g}) or n_dims"

@@ -37,6 +37,7 @@ from sdlkit.data.lrb.features import (
     DEFAULT_LR,
     DEFAULT_MAX_ITERS,
     FRAMES,
+    PGDSettings,
     check_interference_feasible,
     dual_frame,
     frame_properties,
@@ -257,14 +258,10 @@ class LRBSource(DataSource):
         self.device = torch.device(device)
         self.dtype = dtype
         n, m = config.n_features, config.n_sources
-        knobs = {
-            "eps": config.interference_eps,
-            "lam": config.interference_lam,
-            "lr": config.interference_lr,
-            "max_iters": config.interference_max_iters,
-            "dtype": dtype,
-            "tightness": config.frame_tightness,
-        }
+        pgd = PGDSettings(
+            config.interference_eps, config.interference_lam, config.interference_lr, config.interference_max_iters
+        )
+        knobs = {"pgd": pgd, "dtype": dtype, "tightness": config.frame_tightness}
         blocks = [
             make_feature_matrix(config.n_p, n, config.M, generator=self._generator("W_p", j), **knobs) for j in range(m)
         ]
