@@ -115,9 +115,7 @@ def test_no_subpackages_import_in_a_circle():
     packages: dict[str, set[str]] = {}
     for name, targets in GRAPH.items():
         here = subpackage(name) or name
-        packages.setdefault(here, set()).update(
-            (subpackage(t) or t) for t in targets if (subpackage(t) or t) != here
-        )
+        packages.setdefault(here, set()).update((subpackage(t) or t) for t in targets if (subpackage(t) or t) != here)
     assert cycles(packages) == []
 
 
