@@ -50,6 +50,7 @@ def test_every_device_option_is_checked_the_same_way(name, tmp_path, capsys):
         "harvest": ["harvest", "--model", "m", "--modules", "x", "--data", "d", "--out", str(tmp_path / "s")],
         "eval": ["eval", "ckpt", "--store", "s"],
         "browse": ["browse", "run", "--store", "s", "--out", str(tmp_path / "w")],
+        "compare": ["compare", "run1", "run2"],
     }[name]
     if name == "train":
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_values(steps=1)))

@@ -63,9 +63,24 @@ class AnchorConfig(BaseModel):
     """'soft': the paper's penalty; 'hard': anchored rows and columns fixed to the anchors."""
     seed: int = 0
     """Which features (or classes) become anchors: a random subset drawn with this seed."""
-    source: Literal["auto", "ground_truth", "labels"] = "auto"
-    """Where the anchors come from: the bench's ground-truth features, or the class means of a labelled
-    activation store (paper eq. 23–24); 'auto' takes whichever the data has."""
+    source: Literal["auto", "ground_truth", "labels", "file"] = "auto"
+    """Where the anchors come from: the bench's ground-truth features, the class means of a labelled
+    activation store (paper eq. 23–24), or a safetensors file of directions (`file`, e.g. from `sdlkit
+    anchors discover`); 'auto' takes whichever the data has."""
+    file: str | None = None
+    """source 'file' only: the anchors file (its first `count` directions). `sdlkit train` loads it and passes
+    the anchors to the Trainer; a Python caller passes `anchors=train.anchoring.load_anchors(file, count)`."""
+    file_sha256: str | None = None
+    """source 'file' only: the file's SHA-256 (`sdlkit train --anchors-from FILE` records it), so a run
+    resumed with a changed file is refused."""
+
+    @model_validator(mode="after")
+    def _file(self) -> AnchorConfig:
+        if (self.source == "file") != (self.file is not None):
+            raise ValueError("train.anchors.file is set exactly when train.anchors.source is 'file'")
+        if self.file_sha256 is not None and self.file is None:
+            raise ValueError("train.anchors.file_sha256 needs train.anchors.file")
+        return self
 
 
 class TrainConfig(BaseModel):

@@ -131,6 +131,22 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     save_file_checked({k: v.detach().contiguous().clone() for k, v in tensors.items()}, path)
 
 
+def save_tensors_atomically(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """Replace the safetensors file `path` in one rename (readers see the old file or the new, never half);
+    `metadata` (strings) goes into its header."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file_checked({k: v.detach().contiguous().clone() for k, v in tensors.items()}, tmp, metadata)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} is missing")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from sdlkit.cli.options import add_device, add_json, add_seed, command, print_json
@@ -30,11 +31,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--overwrite", action="store_true", help="delete the run folder first (only one sdlkit wrote)")
     train.add_argument(
         "--anchors-from",
-        choices=["ground_truth", "labels"],
         default=None,
-        help="anchor latents to the bench's ground truth or to a labelled store's class means (sets train.anchors)",
+        metavar="ground_truth|labels|FILE",
+        help="anchor latents to the bench's ground truth, to a labelled store's class means, or to the directions "
+        "in a safetensors FILE (from `sdlkit anchors discover`) (sets train.anchors)",
     )
-    train.add_argument("--anchors", type=int, default=None, metavar="K", help="number of anchored latents")
+    train.add_argument(
+        "--anchors", type=int, default=None, metavar="K", help="number of anchored latents (a FILE: default all)"
+    )
     add_device(train, "the config's, else cpu")
     add_seed(train, "initialisation and training randomness (default: the config's)")
     add_json(train, "the final metrics and the checkpoint")
@@ -53,6 +57,8 @@ def _overrides(args: argparse.Namespace, values: dict) -> list[str]:
         overrides.append(f"device={args.device}")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
+    if args.anchors_from not in (None, "ground_truth", "labels"):
+        return overrides + _file_overrides(args, values)
     if args.anchors_from is not None or args.anchors is not None:
         anchors = (values.get("train") or {}).get("anchors") or {}
         if args.anchors is None and "count" not in anchors:
@@ -63,6 +69,38 @@ def _overrides(args: argparse.Namespace, values: dict) -> list[str]:
         overrides += [f"train.anchors.count={args.anchors}"] if args.anchors is not None else []
         overrides += [f"train.anchors.source={args.anchors_from}"] if args.anchors_from is not None else []
     return overrides
+
+
+def _file_overrides(args: argparse.Namespace, values: dict) -> list[str]:
+    """--anchors-from FILE: the file (absolute, with its SHA-256) and the count (--anchors, the config's, or
+    every direction in the file)."""
+    from sdlkit.io import sha256
+    from sdlkit.train.anchoring import load_anchors
+
+    path = Path(args.anchors_from)
+    if not path.is_file():
+        raise SdlkitError(
+            f"--anchors-from {args.anchors_from}: not ground_truth, labels, or an existing anchors file "
+            "(write one with `sdlkit anchors discover`)"
+        )
+    count = args.anchors or ((values.get("train") or {}).get("anchors") or {}).get("count")
+    count = count or load_anchors(path).k
+    return [
+        "train.anchors.source=file",
+        f"train.anchors.file={json.dumps(str(path.resolve()))}",  # quoted: a path or digest stays a string
+        f"train.anchors.file_sha256={json.dumps(sha256(path))}",
+        f"train.anchors.count={count}",
+    ]
+
+
+def _file_anchors(config):
+    """The anchors of train.anchors.source 'file' (None otherwise), checked against the recorded SHA-256."""
+    from sdlkit.train.anchoring import load_anchors
+
+    spec = config.train.anchors
+    if spec is None or spec.source != "file":
+        return None
+    return load_anchors(spec.file, spec.count, spec.file_sha256)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -85,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             config = config.model_copy(update={"device": device})
             distributed.barrier()
         source = build_source(config.data, config.device)
-        trainer = Trainer(config, source, out, dist=dist)
+        trainer = Trainer(config, source, out, anchors=_file_anchors(config), dist=dist)
         result = trainer.fit(resume=args.resume)
     finally:
         distributed.shutdown()
@@ -111,6 +149,10 @@ def _print_result(args: argparse.Namespace, config, source, trainer, result) -> 
         from sdlkit.eval.recovery import dictionary_recovery
 
         anchored = trainer.anchors.indices if trainer.anchors is not None else []
+        if trainer.anchors is not None and not anchored:  # anchors from a file: the features they stand for
+            from sdlkit.train.anchoring import matched_features
+
+            anchored = matched_features(trainer.anchors, truth.W_r)
         recovery = dictionary_recovery(result.model, truth.W_p, truth.W_r, exclude=anchored)
         keys = ("gt_recovery", "max_inner_product", "gt_recovery_decoder", "max_inner_product_decoder")
         row.update({k: recovery[k] for k in keys})

@@ -225,7 +225,10 @@ def matched_scores(
         return scores, latent
     dtype = _compute_dtype(learned, truth)
     truth_unit = _unit_truth(truth, dtype, learned.device)
-    rows = _top_candidates(learned, truth_unit, min(k, learned.shape[0]), chunk_size).flatten().unique()
+    if k >= learned.shape[0]:  # every row is a candidate: skip the search (same rows, exact)
+        rows = torch.arange(learned.shape[0], device=learned.device)
+    else:
+        rows = _top_candidates(learned, truth_unit, k, chunk_size).flatten().unique()
     sub = (_unit_rows(learned[rows].detach().to(dtype), "learned") @ truth_unit).abs_()
     row_ind, col_ind = linear_sum_assignment(sub.cpu().to(torch.float64).numpy(), maximize=True)
     row_t = torch.as_tensor(np.asarray(row_ind), dtype=torch.long, device=learned.device)

@@ -4,27 +4,39 @@
     L_anchor = ‖W_E[:k, :] − Ã‖²_F + ‖W_D[:, :k] − B̃‖²_F                         (eq. 25–26)
 
 Ã [k, n_in] holds the anchors' input directions as rows, B̃ [n_out, k] their output directions as
-columns. Anchors come from known ground truth (a seeded random subset of features, eq. 22) or from
-labelled data (normalised class means, eq. 23–24). Soft anchoring is the paper's penalty (the rows
-stay free, only pulled); hard anchoring copies the anchors in and keeps them fixed, for comparison.
+columns. Anchors come from known ground truth (a seeded random subset of features, eq. 22), from
+labelled data (normalised class means, eq. 23–24), or from a safetensors file of directions
+(`save_anchors`, `load_anchors`; `sdlkit anchors discover` writes one from the directions independent runs
+agree on, see train.discovery). Soft anchoring is the paper's penalty (the rows stay free, only pulled); hard
+anchoring copies the anchors in and keeps them fixed, for comparison.
 Anchors are unit-normalised (for an SAE the ground-truth columns already are; for a crosscoder the
 stacked columns have norm √m, and a unit-norm decoder could never match them otherwise).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from sdlkit.core.objective import TermContext, as_coefficient, scaled
 from sdlkit.errors import ConfigError, ShapeError
+from sdlkit.eval.recovery import matched_scores
+from sdlkit.io import save_tensors_atomically, sha256
+
+ANCHORS_FORMAT = "sdlkit-anchors"
+"""The `format` entry of an anchors file's metadata."""
 
 
 @dataclass
 class Anchors:
     """k anchor pairs: rows A [k, n_in] for W_E[:k], columns B [n_out, k] for W_D[:, :k].
-    `indices` are the ground-truth features (or classes) they stand for."""
+    `indices` are the ground-truth features (or classes) they stand for; empty for anchors read from a
+    file, which stand for no known feature."""
 
     A: torch.Tensor
     B: torch.Tensor
@@ -125,3 +137,64 @@ def zero_anchor_grads(model: torch.nn.Module, k: int) -> None:
         model.W_E.grad[:k] = 0
     if model.W_D.grad is not None:
         model.W_D.grad[:, :k] = 0
+
+
+# ----- anchors files --------------------------------------------------------------------------------
+def save_anchors(
+    path: str | Path, anchors: Anchors, extra: dict[str, torch.Tensor], provenance: dict[str, Any]
+) -> Path:
+    """Write `anchors` as a safetensors file, atomically: `A` [k, n_in], `B` [n_out, k], the `extra`
+    per-anchor tensors (e.g. agreement [k]), and `provenance` as JSON in the metadata (which runs, which
+    rule), beside format = sdlkit-anchors."""
+    path = Path(path)
+    tensors = {"A": anchors.A.float().cpu(), "B": anchors.B.float().cpu(), **{k: v.cpu() for k, v in extra.items()}}
+    metadata = {"format": ANCHORS_FORMAT, "version": "1", "provenance": json.dumps(provenance)}
+    save_tensors_atomically(path, tensors, metadata)
+    return path
+
+
+def _read_anchor_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors A (if present) and B of an anchors file."""
+    if not path.is_file():
+        raise ConfigError(f"anchors file {path} does not exist (write one with `sdlkit anchors discover`)")
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return {name: handle.get_tensor(name) for name in ("A", "B") if name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ConfigError(f"anchors file {path} is not a readable safetensors file ({err})") from None
+
+
+def load_anchors(path: str | Path, count: int | None = None, digest: str | None = None) -> Anchors:
+    """The anchors in a safetensors file: `B` [n_out, k] (required) and `A` [k, n_in] (default Bᵀ, an
+    SAE's anchors), unit-normalised; the first `count` of them (all by default: `sdlkit anchors discover`
+    writes the most consistent first). `digest`: the file's expected SHA-256 (a resumed run refuses a file
+    that changed). Any problem is a one-line ConfigError."""
+    path = Path(path)
+    tensors = _read_anchor_tensors(path)
+    if digest is not None and sha256(path) != digest:
+        raise ConfigError(f"anchors file {path} changed since this run started (its SHA-256 differs)")
+    if "B" not in tensors:
+        raise ConfigError(f"anchors file {path} holds no tensor 'B' [n_out, k] of anchor directions")
+    B = tensors["B"]
+    A = tensors.get("A", B.T if B.ndim == 2 else B)
+    if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1] or A.shape[0] == 0:
+        raise ConfigError(
+            f"anchors file {path}: A {list(A.shape)} and B {list(B.shape)} must be [k, n_in] and [n_out, k], k >= 1"
+        )
+    A, B = A.float(), B.float()
+    usable = all(torch.isfinite(W).all() and (W.norm(dim=dim) > 0).all() for W, dim in ((A, 1), (B, 0)))
+    if not usable:
+        raise ConfigError(f"anchors file {path} holds zero, NaN or inf directions")
+    k = A.shape[0]
+    if count is not None and not 1 <= count <= k:
+        raise ConfigError(f"train.anchors.count = {count} but anchors file {path} holds {k} directions")
+    k = k if count is None else count
+    return Anchors(_unit_columns(A[:k].T).T.contiguous(), _unit_columns(B[:, :k]).contiguous(), [])
+
+
+def matched_features(anchors: Anchors, W_r: torch.Tensor) -> list[int]:
+    """The known features that anchors without `indices` (read from a file) stand for: each anchor's
+    one-to-one (Hungarian) partner among the columns of W_r [n_out, n] by |cos| with B's columns, so they
+    can be left out of recovery as ground-truth anchors are. Sorted; min(k, n) features."""
+    _, feature = matched_scores(W_r.T, anchors.B.to(W_r.device, W_r.dtype), candidates_per_feature=W_r.shape[1])
+    return sorted(feature[feature >= 0].tolist())

@@ -16,6 +16,7 @@ import yaml
 
 from sdlkit.io import write_text_atomically
 from sdlkit.paper import paper_tables
+from sdlkit.paper.bench.consistency import consistency_section
 from sdlkit.paper.bench.presets import BENCH_PRESETS
 from sdlkit.paper.bench.recipes import NAMES
 from sdlkit.paper.bench.scoring import BENCH_METRICS
@@ -454,6 +455,7 @@ def write_report(
             plots += _single_setting_plots(out, groups, frame, settings[0], rows, spec.tau)
         else:
             plots += _ablation_plots(out, groups, records, frame, settings, rows, preset.x_axis, spec.tau)
+    lines += consistency_section(out, records)
     lines += ["## Recipes", "", *recipes_section(records, rows), ""]
     lines += ["## Plots", "", *[p + "\n" for p in plots]]
     lines += ["## Reproduce", "", "```", _command(spec), "```", ""]
