@@ -143,3 +143,21 @@ def test_matched_features_pairs_anchors_with_features_one_to_one():
 def test_the_config_names_a_file_exactly_when_the_source_is_file(anchors):
     with pytest.raises(ConfigError, match="train.anchors.file"):
         run_config(tiny_values(anchors=anchors))
+
+
+def test_a_trainer_built_in_python_takes_the_configs_anchors_file(tmp_path):
+    """train.anchors.source = file reaches the Trainer itself, not only the CLI: hard anchors pin the first
+    latents' decoder columns to the file's directions."""
+    from sdlkit.data import build_source
+    from sdlkit.train import Trainer
+
+    B = torch.nn.functional.normalize(torch.randn(20, 3, generator=torch.Generator().manual_seed(0)), dim=0)
+    path = tmp_path / "anchors.safetensors"
+    save_anchors(path, Anchors(B.T.contiguous(), B.contiguous(), list(range(3))), {}, {"rule": "test"})
+    anchors = {"count": 3, "source": "file", "mode": "hard", "file": str(path), "file_sha256": sha256(path)}
+    config = run_config(tiny_values(steps=5, anchors=anchors))
+    result = Trainer(config, build_source(config.data)).fit()
+    torch.testing.assert_close(result.model.W_D.detach()[:, :3], B, atol=1e-6, rtol=0)
+    save_anchors(path, Anchors(-B.T.contiguous(), -B.contiguous(), list(range(3))), {}, {"rule": "test"})
+    with pytest.raises(ConfigError, match="SHA-256|changed"):  # another file under the recorded name
+        Trainer(config, build_source(config.data))

@@ -93,16 +93,6 @@ def _file_overrides(args: argparse.Namespace, values: dict) -> list[str]:
     ]
 
 
-def _file_anchors(config):
-    """The anchors of train.anchors.source 'file' (None otherwise), checked against the recorded SHA-256."""
-    from sdlkit.train.anchoring import load_anchors
-
-    spec = config.train.anchors
-    if spec is None or spec.source != "file":
-        return None
-    return load_anchors(spec.file, spec.count, spec.file_sha256)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from sdlkit.config import load_yaml, run_config
     from sdlkit.data import build_source
@@ -123,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             config = config.model_copy(update={"device": device})
             distributed.barrier()
         source = build_source(config.data, config.device)
-        trainer = Trainer(config, source, out, anchors=_file_anchors(config), dist=dist)
+        trainer = Trainer(config, source, out, dist=dist)
         result = trainer.fit(resume=args.resume)
     finally:
         distributed.shutdown()

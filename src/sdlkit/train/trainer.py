@@ -23,7 +23,14 @@ from sdlkit.errors import CheckpointError, ConfigError, ShapeError, TrainingDive
 from sdlkit.eval.metrics import reconstruction_metrics
 from sdlkit.io import clean_interrupted_writes, load_weights, mark_folder, write_text, write_text_atomically
 from sdlkit.store.normalize import fold_scales
-from sdlkit.train.anchoring import AnchorPenalty, Anchors, apply_hard_anchors, ground_truth_anchors, zero_anchor_grads
+from sdlkit.train.anchoring import (
+    AnchorPenalty,
+    Anchors,
+    apply_hard_anchors,
+    ground_truth_anchors,
+    load_anchors,
+    zero_anchor_grads,
+)
 from sdlkit.train.checkpoint import (
     RESUMABLE_CHANGES,
     STATE_JSON,
@@ -111,13 +118,15 @@ class Trainer:
         self.last_checkpoint: Path | None = None
 
     def _anchors(self, given: Anchors | None) -> Anchors | None:
-        """The anchors to use: `given`, else drawn from the source's known directions (ground truth or
-        class means) per train.anchors."""
+        """The anchors to use: `given`, else train.anchors' file, else drawn from the source's known
+        directions (ground truth or class means) per train.anchors."""
         spec = self.cfg.anchors
         if spec is None:
             if given is not None:
                 raise ConfigError("anchors were given but train.anchors is not set (it holds weight and mode)")
             return None
+        if given is None and spec.source == "file":  # `sdlkit anchors discover`'s file, checked by its SHA-256
+            given = load_anchors(spec.file, spec.count, spec.file_sha256)
         if given is None:
             truth = known_directions(self.source, spec.source)
             n_features = truth.W_p.shape[1]
