@@ -51,18 +51,12 @@ class _JumpReLUFn(torch.autograd.Function):
         return grad_z, grad_threshold.sum_to_size(threshold.shape), None
 
 
-class _StepFn(torch.autograd.Function):
-    generate_vmap_rule = True
+class _StepFn(_JumpReLUFn):
+    """H(z − θ), with the same saved context as JumpReLU and the rectangle-kernel gradient for θ only."""
 
     @staticmethod
     def forward(z: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
         return (z > threshold).to(z.dtype)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        z, threshold, bandwidth = inputs
-        ctx.save_for_backward(z, threshold)
-        ctx.bandwidth = bandwidth
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
