@@ -39,9 +39,9 @@ from sdlkit.train.trainer import Trainer, TrainResult
 
 CPU_BATCH_MAX_WORK = 1 << 22
 """On CPU, stacking pays only while a member's step is small enough for per-op overheads to dominate
-(batch × n_in × n_latents at most this): measured on 2 cores, 3 members of (64 latents, batch 64) train
-2× faster stacked, while at the quick bench's (200, 512, 1024) ReLU is ~15% and TopK (which gives up
-its sparse kernel) ~2.7× slower stacked (benchmarks/README.md, "Batched sweeps")."""
+(batch × n_in × n_latents at most this); the measurements behind the bound are in benchmarks/README.md,
+"Batched sweeps" (small members train faster stacked; at the quick bench's size both ReLU and TopK, which
+gives up its sparse kernel, train slower stacked)."""
 SPARSE_BATCH_MAX_LATENTS = 4096
 """On GPUs, above this many latents TopK-family runs are expected to train faster one by one on the
 sparse kernel than stacked on the dense one (not measured: no GPU was lent)."""
