@@ -22,7 +22,10 @@ from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_va
 # cannot import the store, which builds on data/ (a new kind adds its line here).
 from sdlkit import store  # noqa: F401  (registers kind "store")
 from sdlkit.core.model import ModelConfig
-from sdlkit.data import lrb  # noqa: F401  (registers kind "lrb")
+from sdlkit.data import (
+    lrb,  # noqa: F401  (registers kind "lrb")
+    synth,  # noqa: F401  (registers kind "synth")
+)
 from sdlkit.data.source import DataConfig, data_config
 from sdlkit.errors import STRICT_CONFIG, ConfigError, describe_validation_error
 

@@ -9,12 +9,12 @@ SynthSAEBench-16k (Chanin & Garriga-Alonso, arXiv 2602.14687; SAELens docs/synth
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from sdlkit.errors import STRICT_CONFIG, ConfigError, describe_validation_error
+from sdlkit.data.source import DataConfig, DataShape
+from sdlkit.errors import STRICT_CONFIG, ConfigError
 
 __all__ = [
     "SYNTH_PRESETS",
@@ -112,11 +112,9 @@ class OrthogonalizationConfig(BaseModel):
     lr: float = Field(3e-4, gt=0)
 
 
-class SynthConfig(BaseModel):
+class SynthConfig(DataConfig):
     """A SynthSAEBench model (the `data:` section with `kind: synth`). `preset: NAME` starts from
     `SYNTH_PRESETS[NAME]`; the other keys override it (nested sections whole)."""
-
-    model_config = STRICT_CONFIG
 
     kind: Literal["synth"] = Field("synth", description="Data kind tag: a SynthSAEBench model.")
     n_features: int = Field(gt=0, description="n, the number of ground-truth features.")
@@ -153,18 +151,9 @@ class SynthConfig(BaseModel):
             )
         return self
 
-    @property
-    def n_in(self) -> int:
-        """Width of x_p (and x_r: the data are for SAEs)."""
-        return self.hidden_dim
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], *, root: str = "data") -> SynthConfig:
-        """Validate `values`; any problem becomes a one-line ConfigError naming `root`.field."""
-        try:
-            return cls.model_validate(dict(values))
-        except ValidationError as err:
-            raise ConfigError(describe_validation_error(err, root, cls)) from None
+    def shape(self) -> DataShape:
+        """SAE data: x_p = x_r, both of width hidden_dim."""
+        return DataShape(self.hidden_dim, self.hidden_dim, [self.hidden_dim], [self.hidden_dim])
 
 
 _PUBLISHED: dict[str, Any] = {

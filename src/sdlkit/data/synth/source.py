@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from sdlkit.data.source import Batch
+from sdlkit.data.source import Batch, DataSource, DirectionKind, KnownDirections, register_source
 from sdlkit.data.synth.config import SynthConfig
 from sdlkit.data.synth.features import SynthModel, build_model, seeded_generator
 from sdlkit.data.synth.sampler import CodeSampler, Entries
@@ -19,7 +19,7 @@ from sdlkit.errors import ConfigError
 __all__ = ["SynthSource"]
 
 
-class SynthSource:
+class SynthSource(DataSource):
     """SynthSAEBench data on `device`: `batch(index, batch_size)`, `eval_batch()`, codes and ground truth.
 
     x_p = x_r = codes @ W + bias [batch, d] (SAE data: x_r is x_p), with codes [batch, n] drawn as active
@@ -88,6 +88,15 @@ class SynthSource:
         W = self.model.vectors.T.contiguous()
         return {"W_p": W, "W_r": W.clone()}
 
+    def known_directions(self, kind: DirectionKind = "auto") -> KnownDirections | None:
+        """The ground-truth feature vectors, named by their index."""
+        if kind == "labels":
+            return None
+        truth = self.ground_truth()
+        return KnownDirections(
+            truth["W_p"], truth["W_r"], [str(i) for i in range(self.model.n_features)], "ground_truth"
+        )
+
     @property
     def true_l0(self) -> float:
         """Mean number of active features per sample on the held-out set."""
@@ -118,3 +127,6 @@ class SynthSource:
             entries = self.sampler.draw(self.config.eval_size, self._generator("eval", 0))
             self._eval = (entries, self._to_batch(entries))
         return self._eval
+
+
+register_source("synth", SynthConfig, SynthSource)
