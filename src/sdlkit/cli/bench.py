@@ -58,7 +58,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = command(
         sub,
         "bench",
-        "the paper's Table 1 and ablations on Linear Representation Bench data",
+        "the paper's Table 1 and ablations on Linear Representation Bench data, and SynthSAEBench",
         "Writes DIR/results.json (one record per run), DIR/report.md beside the paper's numbers, and plots.",
     )
     bench.add_argument("--preset", default="quick", choices=list(BENCH_PRESETS), help="(default: quick)")
@@ -115,7 +115,7 @@ def _checks() -> list[str]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from sdlkit.paper.bench import BenchSpec, run_bench
+    from sdlkit.paper.bench import BENCH_PRESETS, BenchSpec, run_bench, run_synth_bench
 
     spec = BenchSpec(
         preset=args.preset,
@@ -134,7 +134,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         references=not args.no_references,
     )
     progress, stacked = not args.no_progress, STACK[args.stack]
-    run_bench(spec, Path(args.out), resume=args.resume, overwrite=args.overwrite, progress=progress, batched=stacked)
+    run = run_synth_bench if BENCH_PRESETS[args.preset].data == "synth" else run_bench
+    run(spec, Path(args.out), resume=args.resume, overwrite=args.overwrite, progress=progress, batched=stacked)
     return 0
 
 

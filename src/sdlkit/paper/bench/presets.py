@@ -9,6 +9,9 @@ from typing import Any
 
 from sdlkit.paper.bench.recipes import TABLE1_ROWS
 
+SYNTH_ROWS = ["batchtopk", "matryoshka", "relu", "jumprelu"]
+"""The rows of SynthSAEBench's published table that sdlkit has (it has no matching-pursuit SAE)."""
+
 FRAMES = ("gaussian", "tight")
 """The LRB frames a bench compares by default (sdlkit.data.lrb.features): App. C's Gaussian draw and its
 nearest tight frame."""
@@ -32,6 +35,13 @@ SCALES = {
     # The paper's n_q = 16,000. Steps and lr are not reported; 5,000 steps of 4,096 is ~200 passes
     # over N = 100,000 samples. lr follows Gao et al.'s 2e-4 at 16k latents, doubled for the short run.
     "paper": Scale(data="paper", n_latents=16000, steps=5000, batch_size=4096, lr=4e-4),
+    # SynthSAEBench (data presets of sdlkit.data.synth). Published: width 4,096, 200 M samples in batches of
+    # 1,024 at lr 3e-4 (SAELens docs/synth_sae_bench.md).
+    "synth-16k": Scale(data="synthsaebench-16k", n_latents=4096, steps=195_313, batch_size=1024, lr=3e-4),
+    # A quarter of it for CPUs: the `cpu` data preset (n = 4,096, d = 192), width n/4 as published, 400 steps
+    # of 1,024 (0.2% of the published samples) so that the 8 runs and 2 calibrations fit ~10 minutes on 2 cores;
+    # lr 3e-3 for the short run.
+    "synth-cpu": Scale(data="cpu", n_latents=1024, steps=400, batch_size=1024, lr=3e-3),
 }
 
 
@@ -68,6 +78,8 @@ class Preset:
     x_axis: str | None = None
     anchoring: tuple[bool, ...] = (False, True)
     """Which twins each row trains: without and with feature anchoring (an ablation may skip the latter)."""
+    data: str = "lrb"
+    """The data kind the bench runs on: "lrb" (sdlkit.paper.bench.run) or "synth" (sdlkit.paper.bench.synth)."""
 
 
 def _ratio_n(n: int) -> int:
@@ -119,5 +131,29 @@ BENCH_PRESETS: dict[str, Preset] = {
         frames=("tight",),
         x_axis="condition_number",
         anchoring=(False,),
+    ),
+    # SynthSAEBench-16k's published table (L0 = 20 and 25 at width 4,096). Each setting's k is its target L0:
+    # BatchTopK and Matryoshka take it as k, L1 and JumpReLU calibrate their coefficient to reach it.
+    "synth-16k": Preset(
+        "SynthSAEBench-16k",
+        [Setting("L0=20", method={"k": 20}), Setting("L0=25", method={"k": 25})],
+        SYNTH_ROWS,
+        "synth-16k",
+        "SynthSAEBench-16k at the published scale (GPU: 8 runs of 200 M samples)",
+        frames=(),
+        anchoring=(False,),
+        data="synth",
+    ),
+    # The same comparison at the CPU scale. The published L0s are 0.8 and 1.0 times the true L0 of the 4,096 most
+    # frequent features (~25); here the 1,024 most frequent have a true L0 of ~12.3, hence L0 = 10 and 12.
+    "synth": Preset(
+        "SynthSAEBench-16k",
+        [Setting("L0=10", method={"k": 10}), Setting("L0=12", method={"k": 12})],
+        SYNTH_ROWS,
+        "synth-cpu",
+        "SynthSAEBench at a quarter of its size (n = 4,096, d = 192, width 1,024, 400 steps): ~10 min on 2 cores",
+        frames=(),
+        anchoring=(False,),
+        data="synth",
     ),
 }

@@ -42,7 +42,7 @@ class BenchSpec:
         if unknown:
             raise ConfigError(f"unknown bench row {unknown[0]!r}; known: {', '.join(ALL_ROWS)}")
         bad = [f for f in self.frames if f not in ("gaussian", "tight")]
-        if bad or not self.frames:
+        if preset.data == "lrb" and (bad or not self.frames):
             raise ConfigError(f"--frames {','.join(self.frames)!r} is not allowed: give gaussian, tight or both")
 
     def validate(self) -> Preset:
@@ -64,6 +64,8 @@ class BenchSpec:
     @property
     def scale(self) -> Scale:
         preset = BENCH_PRESETS[self.preset]
+        if preset.data != "lrb":  # a synth preset names its own scale; --quick is the `synth` preset
+            return SCALES[preset.scale]
         return SCALES["quick" if self.quick or preset.scale == "quick" else preset.scale]
 
     @property
