@@ -14,7 +14,7 @@ from sdlkit.data.synth import SYNTH_PRESETS, SynthSource, build_model, synth_pre
 from sdlkit.data.synth.config import ForestConfig
 from sdlkit.data.synth.features import normal_quantile_upper, orthogonalize, zipf_probabilities
 from sdlkit.data.synth.forest import build_forest, compensated
-from sdlkit.data.synth.sampler import bernoulli_positions
+from sdlkit.data.synth.sampler import bernoulli_positions, rare_nonzero
 from sdlkit.data.synth.stats import CodeStatistics, compare_statistics, mean_max_cos
 from sdlkit.errors import ConfigError
 from sdlkit.train import Trainer
@@ -89,6 +89,13 @@ def test_bernoulli_positions_count_is_binomial():
     positions = bernoulli_positions(total, p, gen, torch.device("cpu"))
     assert bool((positions.diff() > 0).all()) and int(positions[-1]) < total
     assert abs(len(positions) - total * p) < 5 * math.sqrt(total * p * (1 - p))
+
+
+def test_rare_nonzero_is_nonzero():
+    gen = torch.Generator().manual_seed(2)
+    for shape in [(37, 11), (8, 8), (1, 3), (100, 999)]:
+        mask = torch.rand(shape, generator=gen) < 0.01
+        assert torch.equal(rare_nonzero(mask), mask.reshape(-1).nonzero().squeeze(1))
 
 
 # ----- the sampler against a dense reference -------------------------------------------------------------------
@@ -199,3 +206,21 @@ def test_trains_through_the_registry_with_anchors():
     config = run_config(values)
     result = Trainer(config, build_source(config.data)).fit()
     assert math.isfinite(result.metrics["fvu"]) and result.metrics["l0"] <= 6
+
+
+def test_statistics_count_rule_violations_and_rates():
+    forest = build_forest(ForestConfig(n_roots=1, branching=2, depth=1), 4, torch.Generator())
+    codes = torch.tensor(
+        [
+            [1.0, 2.0, 0.0, 0.0],  # fine
+            [0.0, 2.0, 0.0, 0.0],  # child 1 without its parent
+            [1.0, 2.0, 3.0, 1.0],  # both exclusive children
+        ]
+    )
+    stats = CodeStatistics(4, forest, torch.arange(4))
+    stats.add(codes)
+    summary = stats.summary()
+    assert (summary["parent_violations"], summary["exclusive_violations"]) == (1, 1)
+    assert summary["rate"].tolist() == pytest.approx([2 / 3, 1.0, 1 / 3, 1 / 3])
+    assert summary["magnitude_mean"][1].item() == pytest.approx(2.0) and summary["l0"] == pytest.approx(7 / 3)
+    assert mean_max_cos(torch.eye(3)) == 0.0

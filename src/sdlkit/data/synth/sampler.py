@@ -30,7 +30,7 @@ import torch
 
 from sdlkit.data.synth.features import SynthModel, normal_quantile_upper, normal_upper_tail
 
-__all__ = ["KAPPA", "CodeSampler", "Entries", "bernoulli_positions"]
+__all__ = ["KAPPA", "CodeSampler", "Entries", "bernoulli_positions", "rare_nonzero"]
 
 KAPPA = 3.0
 """Bound on f̂_i·z used by the thinning (see the module docstring): larger means fewer exceptional entries but
@@ -59,6 +59,20 @@ def bernoulli_positions(total: int, p: float, gen: torch.Generator, device: torc
         if last >= total:
             positions = torch.cat(chunks)
             return positions[positions < total]
+
+
+def rare_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Flat positions of the True entries of a bool tensor whose True entries are rare: `nonzero` over 8 bytes at
+    a time, then only inside the words that hold a hit (on CPU ~7× faster than `mask.nonzero()` at 0.1% density;
+    the same result, ascending)."""
+    flat = mask.reshape(-1)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    octets = flat.view(torch.uint8)
+    hit = octets.view(torch.int64).nonzero().squeeze(1)
+    sub = octets.view(-1, 8)[hit].nonzero()
+    return hit[sub[:, 0]] * 8 + sub[:, 1]
 
 
 def _groups(features: torch.Tensor, q: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
@@ -163,7 +177,8 @@ class CodeSampler:
         regular = a <= self.free_limit[pos]
         row, pos, q, a = row[regular], pos[regular], q[regular], a[regular]
         keep = self._bernoulli(self._given(self.free[pos], a) / q, gen)
-        ex_row, ex_pos = (projection > self.free_limit).nonzero().unbind(1)
+        hits = rare_nonzero(projection > self.free_limit)
+        ex_row, ex_pos = hits // projection.shape[1], hits % projection.shape[1]
         ex_keep = self._bernoulli(self._given(self.free[ex_pos], projection[ex_row, ex_pos]), gen)
         return torch.cat([row[keep], ex_row[ex_keep]]), self.free[torch.cat([pos[keep], ex_pos[ex_keep]])]
 

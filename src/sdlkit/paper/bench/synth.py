@@ -37,10 +37,10 @@ __all__ = ["SynthPlan", "calibrate", "run_synth_bench", "synth_method", "synth_p
 
 SWEEP_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 """Multiples of the base coefficient a calibration tries (the LRB sweep's)."""
-CALIBRATED = {"relu": ("l1_coefficient", 3.0), "jumprelu": ("l0_coefficient", 10.0)}
+CALIBRATED = {"relu": ("l1_coefficient", 3.0), "jumprelu": ("l0_coefficient", 4.0)}
 """Rows whose coefficient is calibrated to the target L0: (method field, base value). The bases put the CPU
 scale's targets (L0 ≈ 10) inside the trials: active magnitudes here are ~4–5 (the LRB's ~1), and at 200 steps
-L1 = 1 gives L0 ≈ 180, L1 = 5 gives L0 ≈ 10; JumpReLU L0 = 1 gives 64, 10 gives 16."""
+L1 = 3 gives L0 ≈ 39, 6 gives ≈ 5; JumpReLU (θ₀ = 2) 1 gives ≈ 21, 5 gives ≈ 8.5, 20 gives ≈ 5."""
 EVAL_SAMPLES = {"synth-cpu": 20_000, "synth-16k": 500_000}
 """Fresh samples the SynthSAEBench metrics are computed on (published: 500,000)."""
 
@@ -64,12 +64,14 @@ def synth_method(row: str, l0: int, steps: int) -> dict[str, Any]:
     if row == "relu":
         return {"name": "relu", "l1_coefficient": CALIBRATED["relu"][1], "l1_warmup_steps": max(1, steps // 20)}
     if row == "jumprelu":
-        # Threshold and bandwidth scaled to magnitudes ~4–5: at the LRB's 0.3 / 0.05 the L0 penalty barely moves.
+        # Threshold and bandwidth scaled to magnitudes ~4–5 (the LRB's ~1). From θ₀ = 1 the threshold cannot rise
+        # far in a short run and L0 hardly answers the coefficient (200 steps: 16–21 for coefficients 2.5 to 40);
+        # from θ₀ = 2 it falls steadily with it.
         return {
             "name": "jumprelu",
             "l0_coefficient": CALIBRATED["jumprelu"][1],
             "bandwidth": 0.5,
-            "init_threshold": 1.0,
+            "init_threshold": 2.0,
         }
     raise ValueError(f"the synth bench has no recipe for row {row!r}; rows: batchtopk, matryoshka, relu, jumprelu")
 
