@@ -124,7 +124,7 @@ def test_a_registered_metric_reaches_the_record_and_the_table(monkeypatch):
     torch.manual_seed(0)
     model = SparseDictionary(ModelConfig(n_in=20, n_latents=32, method={"name": "topk", "k": 3}))
     record = scoring.score(model, source, exclude=[], tau=0.95, curves=False)
-    assert record["mean_decoder_norm"] == pytest.approx(float(model.W_D.norm(dim=0).mean()))
+    assert record["mean_decoder_norm"] == pytest.approx(float(model.W_D.detach().norm(dim=0).mean()))
     assert 0 < record["max_inner_product_dual"] <= 1  # the built-in metric is still there
     record |= {"row": "topk", "frame": "gaussian", "setting": "", "anchored": False, "fvu": 0.1, "l0": 3.0}
     table = results_table({("gaussian", "", "topk", False): [record]}, [], "gaussian", "", ["topk"], {})
