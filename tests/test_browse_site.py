@@ -136,7 +136,21 @@ def test_browse_refuses_bad_input(site, capsys):
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
     assert main(["browse", str(run), "--store", str(store), "--out", str(mine), "--overwrite", "--no-progress"]) == 2
-    assert "not a browser folder" in capsys.readouterr().err and (mine / "notes.txt").exists()
+    assert "refusing to overwrite" in capsys.readouterr().err and (mine / "notes.txt").exists()
     assert main(["browse", str(run), "--store", str(store), "--out", str(mine / "x"), "--top-k", "0"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sdlkit: error")]
     assert len(errors) == 1 and "--top-k" in errors[0]
+
+
+def test_browse_overwrites_only_its_own_folder(site, tmp_path):
+    """The browser folder carries sdlkit's folder marker, so --overwrite replaces it (and a folder written
+    before the marker, recognised by its data/meta.js) but nothing else."""
+    from sdlkit.io import folder_kind
+
+    assert folder_kind(site["out"]) == "browser"
+    legacy = tmp_path / "legacy"
+    (legacy / "data").mkdir(parents=True)
+    (legacy / "data" / "meta.js").write_text("window.SDL_META = {};")
+    argv = ["browse", str(site["run"]), "--store", str(site["store"]), "--out", str(legacy), "--no-progress"]
+    assert main([*argv, "--overwrite"]) == 0
+    assert folder_kind(legacy) == "browser" and (legacy / "index.html").is_file()

@@ -318,7 +318,7 @@ def mark_folder(folder: Path, kind: str) -> Path:
 
 
 def folder_kind(folder: Path) -> str | None:
-    """What sdlkit wrote at `folder` ("run", "bench", "theory", "export", "checkpoint", "store"), from its
+    """What sdlkit wrote at `folder` ("run", "bench", "theory", "export", "checkpoint", "store", "browser"), from its
     marker, else from its own manifest (folders written before the marker existed); None if not sdlkit's."""
     folder = Path(folder)
     marker = folder / MARKER_FILE
@@ -329,6 +329,8 @@ def folder_kind(folder: Path) -> str | None:
         return "store"
     if (folder / "bench.json").is_file():
         return "bench"
+    if (folder / "data" / "meta.js").is_file():  # sdlkit.browse.site, before the marker
+        return "browser"
     if _json_field(folder / CONFIG_FILE, "format") == DICTIONARY_FORMAT:
         return "checkpoint"
     checkpoints = folder / "checkpoints"

@@ -12,7 +12,6 @@ latents; per latent: stats line, histogram, top tokens, neighbours, highlighted 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,10 @@ from sdlkit.browse.scan import LatentScan, ScanOptions, scan_store
 from sdlkit.browse.site import write_site
 from sdlkit.browse.tokens import display_strings, load_tokenizer
 from sdlkit.errors import ConfigError
-from sdlkit.io import load, read_config, resolve_checkpoint
+from sdlkit.io import check_output_folder, load, mark_folder, read_config, remove_owned_folder, resolve_checkpoint
 from sdlkit.store import ActivationStore
 
 __all__ = ["LatentScan", "ScanOptions", "build_browser", "scan_store"]
-
-MARKER = Path("data") / "meta.js"
-"""A folder holding this file was written by the browser (and may be replaced with overwrite=True)."""
 
 
 def build_browser(
@@ -83,14 +79,14 @@ def _modules(config: dict[str, Any], store: ActivationStore) -> list[str]:
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty `out` unless overwrite; even then, replace only a folder the browser wrote."""
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return
-    if not overwrite:
+    """Refuse a non-empty `out` unless overwrite; even then, replace only a folder sdlkit wrote as a browser
+    (sdlkit.io's marker, as every command that writes a folder); then mark `out` as a browser folder."""
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} already exists and is not empty; pass --overwrite to replace it, or choose another")
-    if not (out / MARKER).is_file():
-        raise ConfigError(f"refusing to overwrite {out}: it is not a browser folder (no {MARKER}); delete it yourself")
-    shutil.rmtree(out)
+    if overwrite:
+        remove_owned_folder(out, "browser")
+    check_output_folder(out, "browser")
+    mark_folder(out, "browser")
 
 
 def _tokenizer(name: str | None, store: ActivationStore) -> Any:
