@@ -129,6 +129,17 @@ SOURCES: dict[str, tuple[type[DataConfig], type[DataSource]]] = {}
 """kind -> (config class, source class), filled by `register_source`."""
 
 
+def apply_preset(values: Any, presets: Mapping[str, Mapping[str, Any]], what: str) -> Any:
+    """A config's `{preset: NAME, **overrides}` -> the preset's settings with the overrides applied (other
+    values pass through); ValueError naming the known presets for an unknown NAME."""
+    if not isinstance(values, dict) or "preset" not in values:
+        return values
+    name = values["preset"]
+    if name not in presets:
+        raise ValueError(f"unknown {what} preset {name!r}; known presets: {', '.join(presets)}")
+    return {**presets[name], **{k: v for k, v in values.items() if k != "preset"}}
+
+
 def register_source(kind: str, config_cls: type[DataConfig], source_cls: type[DataSource]) -> None:
     """Make `kind` a data kind: a `data:` section with that kind validates as `config_cls`, and
     `build_source` builds `source_cls(config, device=device)`."""

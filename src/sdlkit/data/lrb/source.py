@@ -44,7 +44,17 @@ from sdlkit.data.lrb.features import (
     make_feature_matrix,
 )
 from sdlkit.data.lrb.hierarchy import Hierarchy, HierarchyConfig, impose_hierarchy
-from sdlkit.data.source import Batch, DataConfig, DataShape, DataSource, DirectionKind, KnownDirections, register_source
+from sdlkit.data.sampling import bernoulli_positions
+from sdlkit.data.source import (
+    Batch,
+    DataConfig,
+    DataShape,
+    DataSource,
+    DirectionKind,
+    KnownDirections,
+    apply_preset,
+    register_source,
+)
 from sdlkit.errors import ConfigError
 from sdlkit.seeding import derive_seed
 
@@ -131,12 +141,7 @@ class LRBConfig(DataConfig):
     @classmethod
     def _preset(cls, values: Any) -> Any:
         """{preset: NAME, **overrides} -> the preset's settings with the overrides applied."""
-        if not isinstance(values, dict) or "preset" not in values:
-            return values
-        name = values["preset"]
-        if name not in LRB_PRESETS:
-            raise ValueError(f"unknown LRB preset {name!r}; known presets: {', '.join(LRB_PRESETS)}")
-        return {**LRB_PRESETS[name], **{k: v for k, v in values.items() if k != "preset"}}
+        return apply_preset(values, LRB_PRESETS, "LRB")
 
     @field_validator("n_r")
     @classmethod
@@ -386,21 +391,9 @@ class LRBSource(DataSource):
         return self._set_rows(rows)
 
     def _active_positions(self, total: int, gen: torch.Generator) -> torch.Tensor:
-        """Ascending positions in [0, total) where an independent Bernoulli(1 − S) draw is 1, drawn as
-        geometric gaps between successive ones: the same distribution at a cost ∝ the ones found."""
-        p = 1 - self.config.S
-        if p >= 1:
-            return torch.arange(total, device=self.device)
-        chunks, last = [], -1
-        while True:
-            remaining = (total - 1 - last) * p
-            gaps = torch.empty(int(remaining + 6 * remaining**0.5 + 64), dtype=torch.int64, device=self.device)
-            positions = last + gaps.geometric_(p, generator=gen).cumsum(0)
-            chunks.append(positions)
-            last = int(positions[-1])
-            if last >= total:
-                positions = torch.cat(chunks)
-                return positions[positions < total]
+        """Ascending positions in [0, total) where an independent Bernoulli(1 − S) draw is 1 (drawn as
+        geometric gaps: a cost ∝ the ones found)."""
+        return bernoulli_positions(total, 1 - self.config.S, gen, self.device)
 
     def _sample_entries(self, rows: int, gen: torch.Generator) -> _Entries:
         """x_d = Bernoulli(1 − S) · (c_min + beta · Exp(1)) for a [rows, n] block, drawn with `gen`,

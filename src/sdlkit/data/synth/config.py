@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from sdlkit.data.source import DataConfig, DataShape
+from sdlkit.data.source import DataConfig, DataShape, apply_preset
 from sdlkit.errors import STRICT_CONFIG, ConfigError
 
 __all__ = [
@@ -134,12 +134,7 @@ class SynthConfig(DataConfig):
     @classmethod
     def _preset(cls, values: Any) -> Any:
         """{preset: NAME, **overrides} -> the preset's settings with the overrides applied."""
-        if not isinstance(values, dict) or "preset" not in values:
-            return values
-        name = values["preset"]
-        if name not in SYNTH_PRESETS:
-            raise ValueError(f"unknown synth preset {name!r}; known presets: {', '.join(SYNTH_PRESETS)}")
-        return {**SYNTH_PRESETS[name], **{k: v for k, v in values.items() if k != "preset"}}
+        return apply_preset(values, SYNTH_PRESETS, "synth")
 
     @model_validator(mode="after")
     def _forest_fits(self) -> SynthConfig:

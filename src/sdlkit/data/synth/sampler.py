@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from sdlkit.data.sampling import bernoulli_positions
 from sdlkit.data.synth.features import SynthModel, normal_quantile_upper, normal_upper_tail
 
 __all__ = ["KAPPA", "CodeSampler", "Entries", "bernoulli_positions", "rare_nonzero"]
@@ -42,23 +43,6 @@ definition (the blocks draw their candidates in turn), so changing it changes th
 
 Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """Codes as CSR: row_ptr [rows + 1] (int64), col [nnz] (feature, int64, ascending within a row), val [nnz]."""
-
-
-def bernoulli_positions(total: int, p: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Ascending positions in [0, total) of independent Bernoulli(p) successes, drawn as geometric gaps
-    between them: the same distribution at a cost ∝ the successes."""
-    if p >= 1:
-        return torch.arange(total, device=device)
-    chunks, last = [], -1
-    while True:
-        remaining = (total - 1 - last) * p
-        gaps = torch.empty(int(remaining + 6 * remaining**0.5 + 64), dtype=torch.int64, device=device)
-        positions = last + gaps.geometric_(p, generator=gen).cumsum(0)
-        chunks.append(positions)
-        last = int(positions[-1])
-        if last >= total:
-            positions = torch.cat(chunks)
-            return positions[positions < total]
 
 
 def rare_nonzero(mask: torch.Tensor) -> torch.Tensor:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sdlkit.config import RunConfig, run_config
 from sdlkit.data import LRBSource, build_source
+from sdlkit.data.source import DataSource
 from sdlkit.errors import ConfigError
 from sdlkit.io import (
     check_output_folder,
@@ -77,6 +79,30 @@ def stack(configs: list[RunConfig], batched: bool | None) -> bool:
     return batched is True or worth_batching(configs)
 
 
+def coefficient_trials(
+    values: dict[str, Any], field: str, factors: Sequence[float], source: DataSource, batched: bool | None
+) -> list[dict[str, float]]:
+    """Train the run `values` (unanchored) at `factors` × its method's `field` for half the steps; each
+    trial's coefficient, held-out L0 and FVU. The trials train as one ensemble where that pays (`stack`)."""
+    base = values["model"]["method"][field]
+    configs = []
+    for factor in factors:
+        trial = json.loads(json.dumps(values))
+        trial["model"]["method"][field] = base * factor
+        trial["train"].update(steps=max(1, trial["train"]["steps"] // 2), progress=False)
+        trial["train"].pop("anchors", None)
+        trial["train"].pop("checkpoint_every", None)
+        configs.append(run_config(trial))
+    if stack(configs, batched):
+        results = EnsembleTrainer(configs, [source] * len(configs)).fit()
+    else:
+        results = [Trainer(config, source).fit() for config in configs]
+    return [
+        {"coefficient": base * factor, "l0": result.metrics["l0"], "fvu": result.metrics["fvu"]}
+        for factor, result in zip(factors, results, strict=True)
+    ]
+
+
 def sweep_coefficient(
     plan: RunPlan,
     source: LRBSource,
@@ -86,24 +112,7 @@ def sweep_coefficient(
     """Train the unanchored recipe at `factors` × its sparsity coefficient for half the steps and
     return (the coefficient whose held-out L0 is closest to the true L0 in log ratio, the trials).
     The trials train as one ensemble (sdlkit.train.ensemble) when `batched` (None: where it pays)."""
-    field_name = SWEPT[plan.row]
-    base = plan.values["model"]["method"][field_name]
-    configs = []
-    for factor in factors:
-        values = json.loads(json.dumps(plan.values))
-        values["model"]["method"][field_name] = base * factor
-        values["train"].update(steps=max(1, values["train"]["steps"] // 2), progress=False)
-        values["train"].pop("anchors", None)
-        values["train"].pop("checkpoint_every", None)
-        configs.append(run_config(values))
-    if stack(configs, batched):
-        results = EnsembleTrainer(configs, [source] * len(configs)).fit()
-    else:
-        results = [Trainer(config, source).fit() for config in configs]
-    trials = [
-        {"coefficient": base * factor, "l0": result.metrics["l0"], "fvu": result.metrics["fvu"]}
-        for factor, result in zip(factors, results, strict=True)
-    ]
+    trials = coefficient_trials(plan.values, SWEPT[plan.row], factors, source, batched)
     true_l0 = source.true_l0
     best = min(trials, key=lambda t: (abs(math.log(max(t["l0"], 1e-3) / true_l0)), t["fvu"]))
     return best["coefficient"], trials

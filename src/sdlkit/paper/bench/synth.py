@@ -26,12 +26,11 @@ from sdlkit.eval.recovery import dictionary_recovery
 from sdlkit.eval.synth_metrics import sample_pairs, synth_metrics
 from sdlkit.io import save_tensors, write_json_atomically
 from sdlkit.paper.bench.presets import BENCH_PRESETS, Scale
-from sdlkit.paper.bench.run import RESULTS, prepare_folder, stack
+from sdlkit.paper.bench.run import RESULTS, coefficient_trials, prepare_folder
 from sdlkit.paper.bench.spec import BenchSpec
 from sdlkit.paper.bench.synth_report import write_synth_report
 from sdlkit.train import Trainer, TrainResult
 from sdlkit.train.checkpoint import list_checkpoints
-from sdlkit.train.ensemble import EnsembleTrainer
 
 __all__ = ["SynthPlan", "calibrate", "run_synth_bench", "synth_method", "synth_plans"]
 
@@ -132,22 +131,8 @@ def _interpolate(trials: list[dict[str, float]], target: float) -> float:
 def calibrate(plan: SynthPlan, source: SynthSource, targets: list[int], batched: bool | None) -> dict[str, Any]:
     """Train `plan`'s row at SWEEP_FACTORS × its coefficient for half the steps; return {"field", "trials",
     "chosen": {target L0: coefficient}}. The trials train as one ensemble where that pays (run.stack)."""
-    field, base = CALIBRATED[plan.row]
-    configs = []
-    for factor in SWEEP_FACTORS:
-        values = json.loads(json.dumps(plan.values))
-        values["model"]["method"][field] = base * factor
-        values["train"].update(steps=max(1, values["train"]["steps"] // 2), progress=False)
-        values["train"].pop("checkpoint_every", None)
-        configs.append(run_config(values))
-    if stack(configs, batched):
-        results = EnsembleTrainer(configs, [source] * len(configs)).fit()
-    else:
-        results = [Trainer(config, source).fit() for config in configs]
-    trials = [
-        {"coefficient": base * factor, "l0": r.metrics["l0"], "fvu": r.metrics["fvu"]}
-        for factor, r in zip(SWEEP_FACTORS, results, strict=True)
-    ]
+    field = CALIBRATED[plan.row][0]
+    trials = coefficient_trials(plan.values, field, SWEEP_FACTORS, source, batched)
     return {"field": field, "trials": trials, "chosen": {str(t): _interpolate(trials, t) for t in targets}}
 
 
