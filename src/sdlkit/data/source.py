@@ -12,11 +12,11 @@ config class and its source class, `data_config` validates a section through tha
 union whose members register themselves), and `build_source` builds the source. Adding a data source
 touches three files:
 
-1. its module, e.g. `src/sdlkit/data/synth.py`: a config class (a `DataConfig` with
+1. its module (or package, as `src/sdlkit/data/synth/`): a config class (a `DataConfig` with
    `kind: Literal["synth"] = "synth"` and `shape()`), a source class (a `DataSource`: `n_in`, `n_out`,
    `in_blocks`, `out_blocks`, `batch`, `eval_batch`, and `known_directions` / `block_scales` when it has
    them), and at its end `register_source("synth", SynthConfig, SynthSource)`;
-2. `src/sdlkit/config.py`: one line, `from sdlkit.data import synth  # noqa: F401  (registers kind "synth")`,
+2. `src/sdlkit/config.py`: one import line (as `from sdlkit.data import synth`, which registers kind "synth"),
    so that every run config can name it;
 3. its test, e.g. `tests/test_synth.py`.
 """
