@@ -135,7 +135,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     progress, stacked = not args.no_progress, STACK[args.stack]
     run = run_synth_bench if BENCH_PRESETS[args.preset].data == "synth" else run_bench
-    run(spec, Path(args.out), resume=args.resume, overwrite=args.overwrite, progress=progress, batched=stacked)
+    run(spec, Path(args.out), resume=args.resume, overwrite=args.overwrite, progress=progress, stack=stacked)
     return 0
 
 

@@ -71,19 +71,19 @@ def prepare_folder(out: Path, spec: BenchSpec, resume: bool, overwrite: bool) ->
     return []
 
 
-def stack(configs: list[RunConfig], batched: bool | None) -> bool:
-    """Whether to train `configs` as one ensemble: `batched` True = whenever they can, False = never,
+def should_stack(configs: list[RunConfig], stack: bool | None) -> bool:
+    """Whether to train `configs` as one ensemble: `stack` True = whenever they can, False = never,
     None = where it is expected to be faster (`worth_batching`)."""
-    if batched is False or len(configs) < 2 or ensemble_refusal(configs) is not None:
+    if stack is False or len(configs) < 2 or ensemble_refusal(configs) is not None:
         return False
-    return batched is True or worth_batching(configs)
+    return stack is True or worth_batching(configs)
 
 
 def coefficient_trials(
-    values: dict[str, Any], field: str, factors: Sequence[float], source: DataSource, batched: bool | None
+    values: dict[str, Any], field: str, factors: Sequence[float], source: DataSource, stack: bool | None
 ) -> list[dict[str, float]]:
     """Train the run `values` (unanchored) at `factors` × its method's `field` for half the steps; each
-    trial's coefficient, held-out L0 and FVU. The trials train as one ensemble where that pays (`stack`)."""
+    trial's coefficient, held-out L0 and FVU. The trials train as one ensemble where that pays (`should_stack`)."""
     base = values["model"]["method"][field]
     configs = []
     for factor in factors:
@@ -93,7 +93,7 @@ def coefficient_trials(
         trial["train"].pop("anchors", None)
         trial["train"].pop("checkpoint_every", None)
         configs.append(run_config(trial))
-    if stack(configs, batched):
+    if should_stack(configs, stack):
         results = EnsembleTrainer(configs, [source] * len(configs)).fit()
     else:
         results = [Trainer(config, source).fit() for config in configs]
@@ -107,25 +107,25 @@ def sweep_coefficient(
     plan: RunPlan,
     source: LRBSource,
     factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0),
-    batched: bool | None = None,
+    stack: bool | None = None,
 ) -> tuple[float, list[dict[str, float]]]:
     """Train the unanchored recipe at `factors` × its sparsity coefficient for half the steps and
     return (the coefficient whose held-out L0 is closest to the true L0 in log ratio, the trials).
-    The trials train as one ensemble (sdlkit.train.ensemble) when `batched` (None: where it pays)."""
-    trials = coefficient_trials(plan.values, SWEPT[plan.row], factors, source, batched)
+    The trials train as one ensemble (sdlkit.train.ensemble) when `stack` (None: where it pays)."""
+    trials = coefficient_trials(plan.values, SWEPT[plan.row], factors, source, stack)
     true_l0 = source.true_l0
     best = min(trials, key=lambda t: (abs(math.log(max(t["l0"], 1e-3) / true_l0)), t["fvu"]))
     return best["coefficient"], trials
 
 
-def run_groups(plans: list[RunPlan], batched: bool | None) -> list[list[RunPlan]]:
+def run_groups(plans: list[RunPlan], stack: bool | None) -> list[list[RunPlan]]:
     """Consecutive runs that differ only in their seed (same frame, setting, row, anchoring): each group
-    may train as one ensemble (see `stack`); with `batched` False every run is its own group."""
+    may train as one ensemble (see `should_stack`); with `stack` False every run is its own group."""
     groups: list[list[RunPlan]] = []
     for plan in plans:
         key = (plan.frame, plan.setting, plan.row, plan.anchored)
         last = groups[-1][-1] if groups else None
-        if batched is not False and last is not None and (last.frame, last.setting, last.row, last.anchored) == key:
+        if stack is not False and last is not None and (last.frame, last.setting, last.row, last.anchored) == key:
             groups[-1].append(plan)
         else:
             groups.append([plan])
@@ -179,11 +179,11 @@ def run_record(
 
 
 def _train_group(
-    group: list[RunPlan], configs: list[RunConfig], sources: list[LRBSource], out: Path, batched: bool | None
+    group: list[RunPlan], configs: list[RunConfig], sources: list[LRBSource], out: Path, stack: bool | None
 ) -> tuple[list[Trainer], list[TrainResult]]:
     run_dirs = [out / plan.run_id for plan in group]
     fresh = not any(list_checkpoints(d) for d in run_dirs)  # a run cut off mid-way resumes on its own
-    if fresh and stack(configs, batched):
+    if fresh and should_stack(configs, stack):
         ensemble = EnsembleTrainer(configs, sources, run_dirs)
         return ensemble.members, ensemble.fit()
     members = [Trainer(c, s, d) for c, s, d in zip(configs, sources, run_dirs, strict=True)]
@@ -235,12 +235,12 @@ def run_bench(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    batched: bool | None = None,
+    stack: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or finish) a bench; write results.json after every run, then the reference rows, report.md
     and the plots. The seeds of a row (and the trials of a sweep) train as one ensemble (each run's
-    `train_seconds` is then its share of the ensemble's time) when `batched` is True, where it is
-    expected to be faster when None (see `stack`), never when False."""
+    `train_seconds` is then its share of the ensemble's time) when `stack` is True, where it is
+    expected to be faster when None (see `should_stack`), never when False."""
     plans = plan_runs(spec)
     out = Path(out)
     records = prepare_folder(out, spec, resume, overwrite)
@@ -249,7 +249,7 @@ def run_bench(
     started = time.perf_counter()
     order = {plan.run_id: i for i, plan in enumerate(plans, 1)}
     sources = _Sources()
-    for group in run_groups([p for p in plans if p.run_id not in done], batched):
+    for group in run_groups([p for p in plans if p.run_id not in done], stack):
         configs, group_sources, sweeps, keys = [], [], [], []
         for plan in group:
             config = run_config(plan.values, [f"train.progress={progress}"])
@@ -258,7 +258,7 @@ def run_bench(
             if spec.sweep and plan.row in SWEPT:
                 cache_key = (plan.frame, plan.setting, plan.row, plan.seed)
                 if cache_key not in swept:
-                    swept[cache_key] = sweep_coefficient(plan, source, batched=batched)
+                    swept[cache_key] = sweep_coefficient(plan, source, stack=stack)
                 coefficient, trials = swept[cache_key]
                 config.model.method = config.model.method.model_copy(update={SWEPT[plan.row]: coefficient})
                 sweep_info = {"field": SWEPT[plan.row], "chosen": coefficient, "trials": trials}
@@ -269,7 +269,7 @@ def run_bench(
         sources.keep_only(keys)
         for plan in group:
             print(f"[{order[plan.run_id]}/{len(plans)}] {plan.run_id}", flush=True)
-        members, results = _train_group(group, configs, group_sources, out, batched)
+        members, results = _train_group(group, configs, group_sources, out, stack)
         for plan, config, source, sweep_info, member, result in zip(
             group, configs, group_sources, sweeps, members, results, strict=True
         ):

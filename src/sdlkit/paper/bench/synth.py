@@ -128,11 +128,11 @@ def _interpolate(trials: list[dict[str, float]], target: float) -> float:
     return min(points, key=lambda p: abs(math.log(p[1] / target)))[0]
 
 
-def calibrate(plan: SynthPlan, source: SynthSource, targets: list[int], batched: bool | None) -> dict[str, Any]:
+def calibrate(plan: SynthPlan, source: SynthSource, targets: list[int], stack: bool | None) -> dict[str, Any]:
     """Train `plan`'s row at SWEEP_FACTORS × its coefficient for half the steps; return {"field", "trials",
-    "chosen": {target L0: coefficient}}. The trials train as one ensemble where that pays (run.stack)."""
+    "chosen": {target L0: coefficient}}. The trials train as one ensemble where that pays (run.should_stack)."""
     field = CALIBRATED[plan.row][0]
-    trials = coefficient_trials(plan.values, field, SWEEP_FACTORS, source, batched)
+    trials = coefficient_trials(plan.values, field, SWEEP_FACTORS, source, stack)
     return {"field": field, "trials": trials, "chosen": {str(t): _interpolate(trials, t) for t in targets}}
 
 
@@ -177,7 +177,7 @@ def synth_record(
 
 
 def _configure(
-    plan: SynthPlan, source: SynthSource, calibrations: dict, targets: list[int], progress: bool, batched: bool | None
+    plan: SynthPlan, source: SynthSource, calibrations: dict, targets: list[int], progress: bool, stack: bool | None
 ) -> tuple[RunConfig, dict[str, Any] | None]:
     """`plan`'s run config, with its calibrated coefficient (calibrating its row first if needed)."""
     config = run_config(plan.values, [f"train.progress={progress}"])
@@ -185,7 +185,7 @@ def _configure(
         return config, None
     key = (plan.row, plan.seed)
     if key not in calibrations:
-        calibrations[key] = calibrate(plan, source, targets, batched)
+        calibrations[key] = calibrate(plan, source, targets, stack)
     calibration = calibrations[key]
     coefficient = calibration["chosen"][str(plan.target_l0)]
     config.model.method = config.model.method.model_copy(update={calibration["field"]: coefficient})
@@ -199,9 +199,9 @@ def run_synth_bench(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    batched: bool | None = None,
+    stack: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or finish) a synth bench; write results.json after every run, then report.md. `batched`: whether a
+    """Run (or finish) a synth bench; write results.json after every run, then report.md. `stack`: whether a
     calibration's trials train as one ensemble (None: where that is expected to be faster)."""
     plans = synth_plans(spec)
     for plan in plans:  # every config is valid before the first run trains
@@ -222,7 +222,7 @@ def run_synth_bench(
         if key not in sources:
             sources[key] = build_source(data, spec.device)
         source = sources[key]
-        config, calibration = _configure(plan, source, calibrations, targets, progress, batched)
+        config, calibration = _configure(plan, source, calibrations, targets, progress, stack)
         print(f"[{number}/{len(plans)}] {plan.run_id}", flush=True)
         run_dir = out / plan.run_id
         result = Trainer(config, source, run_dir).fit(resume=bool(list_checkpoints(run_dir)))
