@@ -6,8 +6,6 @@ import argparse
 
 from sdlkit.cli.options import add_device, add_json, comma_list, command, device, print_json
 
-_list = comma_list
-
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register harvest, eval, export and import on the `sdlkit` sub-command parser."""
@@ -145,7 +143,7 @@ def cmd_harvest(args: argparse.Namespace) -> int:
         raise ConfigError(f"harvest needs {', '.join(missing)} (or --list-modules to see the module names)")
     manifest = harvest(
         args.model,
-        _list(args.modules),
+        comma_list(args.modules),
         args.data,
         args.out,
         context_size=args.context_size,
@@ -182,8 +180,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sdlkit.report import format_table
 
     options = EvalOptions(
-        inputs=_list(args.inputs),
-        targets=_list(args.targets),
+        inputs=comma_list(args.inputs),
+        targets=comma_list(args.targets),
         all_rows=args.all_rows,
         max_rows=args.max_rows,
         batch_size=args.batch_size,
