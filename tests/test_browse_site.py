@@ -28,6 +28,22 @@ def read_js(path: Path) -> dict:
     return json.loads(text[text.index("=") + 1 : text.rstrip().rindex(";")])
 
 
+def harvest_and_train(root: Path, data: Path, module: str, model: dict, steps: int, *train: str) -> tuple[Path, Path]:
+    """harvest `module` of a tiny BERT on `data` (labelled) into root/store, then train `model` on it into
+    root/run through the command line; (store, run)."""
+    bert, store, run, config = root / "bert", root / "store", root / "run", root / "run.yaml"
+    harvest = ["harvest", "--model", str(bert), "--modules", module, "--data", str(data), "--label-column", "label"]
+    assert main([*harvest, "--out", str(store), "--device", "cpu", "--no-progress"]) == 0
+    values = {
+        "data": {"store": str(store), "eval_rows": 6, "normalize": True},
+        "model": model,
+        "train": {"steps": steps, "batch_size": 32, "lr": 3e-3, "progress": False},
+    }
+    config.write_text(yaml.safe_dump(values))
+    assert main(["train", "--config", str(config), "--out", str(run), *train]) == 0
+    return store, run
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> dict[str, Path]:
     """harvest -> train (TopK, 2 class-mean anchors) -> browse, through the command line."""
@@ -36,22 +52,8 @@ def site(tmp_path_factory) -> dict[str, Path]:
     data = root / "docs.jsonl"
     labels = ["animals", "places", "colours"]
     data.write_text("".join(json.dumps({"text": t, "label": labels[i % 3]}) + "\n" for i, t in enumerate(TEXTS * 2)))
-    store = root / "store"
-    harvest = ["harvest", "--model", str(bert), "--modules", "encoder.layer.1", "--data", str(data)]
-    assert main([*harvest, "--label-column", "label", "--out", str(store), "--device", "cpu", "--no-progress"]) == 0
-    config = root / "run.yaml"
-    values = {
-        "data": {"store": str(store), "eval_rows": 40, "normalize": True},
-        "model": {"n_latents": 48, "method": {"name": "topk", "k": 4}},
-        "train": {"steps": 60, "batch_size": 64, "lr": 3e-3, "progress": False},
-    }
-    config.write_text(yaml.safe_dump(values))
-    assert (
-        main(
-            ["train", "--config", str(config), "--out", str(root / "run"), "--anchors-from", "labels", "--anchors", "2"]
-        )
-        == 0
-    )
+    model = {"n_latents": 48, "method": {"name": "topk", "k": 4}}
+    store, _ = harvest_and_train(root, data, "encoder.layer.1", model, 60, "--anchors-from", "labels", "--anchors", "2")
     out = root / "site"
     assert (
         main(["browse", str(root / "run"), "--store", str(store), "--out", str(out), "--no-progress", "--top-k", "5"])
@@ -63,7 +65,8 @@ def site(tmp_path_factory) -> dict[str, Path]:
 def test_browse_writes_every_fired_latent_with_its_contexts(site):
     out = site["out"]
     meta, index = read_js(out / "data" / "meta.js"), read_js(out / "data" / "index.js")
-    assert meta["n_latents"] == 48 and meta["anchored"] == 2 and meta["labels"] == ["animals", "colours", "places"]
+    assert meta["n_latents"] == 48 and meta["anchored"] == 2 and meta["per_sample"] is False
+    assert meta["labels"] == ["animals", "colours", "places"]
     store = ActivationStore(site["store"])
     assert meta["rows"] == store.rows and sum(meta["label_rows"]) == store.rows
     pages = sorted(int(p.stem) for p in (out / "data" / "latents").glob("*.js"))
@@ -154,3 +157,70 @@ def test_browse_overwrites_only_its_own_folder(site, tmp_path):
     argv = ["browse", str(site["run"]), "--store", str(site["store"]), "--out", str(legacy), "--no-progress"]
     assert main([*argv, "--overwrite"]) == 0
     assert folder_kind(legacy) == "browser" and (legacy / "index.html").is_file()
+
+
+@pytest.fixture(scope="module")
+def sample_site(tmp_path_factory) -> dict:
+    """harvest a mean-pooled store (a row per text, visited in shuffled order) -> train -> browse. Every
+    text has its own label, so a row's text can be checked against its label exactly."""
+    root = tmp_path_factory.mktemp("samples")
+    tiny_bert(root / "bert")
+    data = root / "docs.jsonl"
+    texts = [f"{t} {word}" for t, word in zip(TEXTS * 3, ["cat", "dog", "sky"] * 22, strict=True)]
+    data.write_text("".join(json.dumps({"text": t, "label": f"s{i:02d}"}) + "\n" for i, t in enumerate(texts)))
+    out = root / "site"
+    store, run = harvest_and_train(
+        root, data, "encoder.layer.1:mean", {"n_latents": 16, "method": {"name": "topk", "k": 2}}, 20
+    )
+    browse = ["browse", str(run), "--store", str(store), "--no-progress", "--top-k", "4"]
+    assert main([*browse, "--out", str(out)]) == 0
+    return {"root": root, "data": data, "texts": texts, "out": out, "browse": browse}
+
+
+def test_rows_that_stand_for_a_sample_show_its_text(sample_site):
+    """Each top row shows its text, read back from the data file the store was harvested from."""
+    out, texts = sample_site["out"], sample_site["texts"]
+    meta = read_js(out / "data" / "meta.js")
+    assert meta["per_sample"] is True
+    shown = 0
+    for page_file in (out / "data" / "latents").glob("*.js"):
+        page = read_js(page_file)
+        assert page["tokens"] == []
+        for example in page["examples"]:
+            assert example["x"] == texts[int(meta["labels"][example["l"]][1:])]
+            shown += 1
+    assert shown >= 8
+    index = read_js(out / "data" / "index.js")
+    cells = [cell for cell, f in zip(index["tokens"], index["freq"], strict=True) if f > 0]
+    assert cells and all(any(t.startswith(cell.rstrip("…")) for t in texts) for cell in cells)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
+def test_sample_texts_render_in_headless_chromium(sample_site):
+    out = sample_site["out"]
+    index = read_js(out / "data" / "index.js")
+    dom, console = render((out / "index.html").resolve().as_uri())
+    assert console == [] and ">top text</th>" in dom
+    latent = next(i for i, f in enumerate(index["freq"]) if f > 0)
+    page = read_js(out / "data" / "latents" / f"{latent}.js")
+    dom, console = render((out / "latent.html").resolve().as_uri() + f"#{latent}")
+    assert console == [] and dom.count('class="tok sample"') == len(page["examples"])
+    assert page["examples"][0]["x"] in dom and 'id="tokens-head" hidden' in dom
+
+
+def test_sample_text_is_never_taken_from_changed_data(sample_site, capsys):
+    """Data changed since the harvest is never shown: a note by default, one error line when given with --data."""
+    data, root, browse = sample_site["data"], sample_site["root"], sample_site["browse"]
+    original = data.read_text()
+    try:
+        data.write_text(original.replace("cat", "cow"))
+        capsys.readouterr()
+        assert main([*browse, "--out", str(root / "site2")]) == 0
+        assert "fingerprint differs" in capsys.readouterr().err
+        pages = (root / "site2" / "data" / "latents").glob("*.js")
+        assert all("x" not in example for page in pages for example in read_js(page)["examples"])
+        assert main([*browse, "--out", str(root / "site3"), "--data", str(data)]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sdlkit:")]
+        assert len(errors) == 1 and "not the data the store was harvested from" in errors[0]
+    finally:
+        data.write_text(original)

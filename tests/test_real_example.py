@@ -47,6 +47,8 @@ def test_real_example_end_to_end(tmp_path):
     report = example.run(args)
     assert (out / "report.md").read_text() == report
     assert (out / "browser" / "index.html").is_file() and any((out / "browser" / "data" / "latents").iterdir())
+    sentence_pages = list((out / "browser-sentences" / "data" / "latents").glob("*.js"))
+    assert sentence_pages and all('"x":' in page.read_text() for page in sentence_pages)  # each with its texts
     results = json.loads((out / "results.json").read_text())
     for store_name in ("sentences", "tokens"):
         table = results[store_name]

@@ -9,7 +9,8 @@
    length; the analogue of the paper's pooled CLIP embedding) into OUT/stores/;
 4. the paper's Table 2 on both stores (sdlkit.paper.label_table): TopK, BatchTopK and Matryoshka SAEs,
    each without and with 30 class-mean anchors (λ_anchor = 1), scored on the class means not anchored;
-5. `sdlkit browse` the anchored TopK SAE on the token store into OUT/browser/ (open OUT/browser/index.html);
+5. `sdlkit browse` the anchored TopK SAE on the token store into OUT/browser/ (open OUT/browser/index.html)
+   and on the sentence store into OUT/browser-sentences/ (each top row shown as its text);
 6. OUT/report.md: the tables beside the paper's CLIP numbers, what transfers and what does not.
 
 Steps 1–3 are cached in OUT (a complete store is reused); --fresh redoes them. --model-dir and --corpus
@@ -136,9 +137,13 @@ def run(args: argparse.Namespace) -> str:
     anchored = [("token rows", "TopK + FA", anchored_latents(scan, class_ids(token_store, tokens)))]
     for label, method in METHODS.items():  # the sentence store is small: scan each anchored run
         run_dir = out / "runs" / "sentences" / f"{method['name']}-fa"
-        found = scan_store(
-            load(run_dir), ActivationStore(sentence_store), [SENTENCE_MODULE], ScanOptions(progress=False)
-        )
+        quiet = ScanOptions(progress=False)
+        if method["name"] == "topk":  # its browser too, each top row shown as its text
+            sites = out / "browser-sentences"
+            found = build_browser(run_dir, sentence_store, sites, device=args.device, overwrite=True, options=quiet)
+            found = found["scan"]
+        else:
+            found = scan_store(load(run_dir), ActivationStore(sentence_store), [SENTENCE_MODULE], quiet)
         anchored.append(
             ("sentence embeddings", f"{label} + FA", anchored_latents(found, class_ids(sentence_store, sentences)))
         )
@@ -291,6 +296,8 @@ classes): a label says little about a single token.
 
 `sdlkit browse {out}/runs/tokens/topk-fa --store {out}/stores/tokens --out {out}/browser`: open
 `{out}/browser/index.html` (built in {timings["browse_seconds"]:.0f} s). Latents 0–29 are the anchored ones.
+The anchored TopK SAE on the sentence embeddings: `{out}/browser-sentences/index.html`, each top row shown as
+its text (a row per text; `sdlkit browse` reads the texts back from the corpus the store was harvested from).
 
 ## Do anchored latents detect their classes? (the paper's App. H reads anchored CLIP latents as monosemantic)
 

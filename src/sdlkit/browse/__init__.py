@@ -18,8 +18,9 @@ from typing import Any
 
 from sdlkit.browse.scan import LatentScan, ScanOptions, scan_store
 from sdlkit.browse.site import write_site
-from sdlkit.browse.tokens import display_strings, load_tokenizer
+from sdlkit.browse.tokens import load_tokenizer, token_text
 from sdlkit.errors import ConfigError
+from sdlkit.harvest.reopen import harvested_dataset
 from sdlkit.io import check_output_folder, load, mark_folder, read_config, remove_owned_folder, resolve_checkpoint
 from sdlkit.store import ActivationStore
 
@@ -32,6 +33,7 @@ def build_browser(
     out: str | os.PathLike,
     *,
     tokenizer: str | None = None,
+    data: str | None = None,
     options: ScanOptions | None = None,
     device: str = "cpu",
     overwrite: bool = False,
@@ -39,7 +41,8 @@ def build_browser(
     """Scan `store` with the dictionary at `run` (a run folder: its latest checkpoint, or a checkpoint) and
     write the site into `out`; returns a summary: out, rows, latents, pages and the LatentScan itself.
     `tokenizer`: where token ids get their text (default: the model the store was harvested from, when that
-    folder exists)."""
+    folder exists). `data`: the text file the store was harvested from, for the text of rows that stand for a
+    whole sample (default: the path the store recorded, when it still holds the same data)."""
     options = options or ScanOptions()
     folder = resolve_checkpoint(run)
     config = read_config(folder)
@@ -50,7 +53,8 @@ def build_browser(
     model = load(folder, device)
     scan = scan_store(model, opened, modules, options)
     used = scan.context_tokens[scan.context_tokens >= 0].unique().tolist()
-    strings = display_strings(_tokenizer(tokenizer, opened) if used else None, used)
+    strings = token_text(_tokenizer(tokenizer, opened) if used else None, used)
+    texts = _sample_texts(scan, opened, data)
     run_config = config.get("run", {})
     anchors = (run_config.get("train") or {}).get("anchors") or {}
     method = config.get("model", {}).get("method", {})
@@ -62,12 +66,15 @@ def build_browser(
         "model": (opened.manifest.source.get("models") or [None])[0],
         "method": ", ".join(f"{k} = {v}" if k != "name" else str(v) for k, v in method.items() if k in ("name", "k")),
         "rows": scan.rows,
+        "per_sample": bool(used == [] and texts),
         "label_rows": scan.label_rows.tolist() if scan.label_rows is not None else None,
         "top_k": options.top_k,
         "window": options.window,
         "sdlkit_version": _version(),
     }
-    pages = write_site(target, scan, model.W_D.detach().cpu(), strings, meta, opened.labels, anchors.get("count", 0))
+    pages = write_site(
+        target, scan, model.W_D.detach().cpu(), (strings, texts), meta, opened.labels, anchors.get("count", 0)
+    )
     return {"out": str(target), "rows": scan.rows, "latents": model.n_latents, "pages": pages, "scan": scan}
 
 
@@ -106,6 +113,25 @@ def _tokenizer(name: str | None, store: ActivationStore) -> Any:
         file=sys.stderr,
     )
     return None
+
+
+def _sample_texts(scan: LatentScan, store: ActivationStore, data: str | None) -> dict[int, str]:
+    """sample id -> text for the top rows that stand for a whole sample (no token of their own), read from the
+    data the store was harvested from; {} with a note when that data cannot be had (unless `data` was given:
+    then its fault is an error)."""
+    centre = (scan.context_tokens.shape[2] - 1) // 2
+    whole = (scan.context_tokens[:, :, centre] < 0) & (scan.top_samples >= 0)
+    samples = scan.top_samples[whole].unique().tolist()
+    if not samples:
+        return {}
+    try:
+        dataset = harvested_dataset(store.manifest.source, data)
+    except ConfigError as err:
+        if data is not None:
+            raise
+        print(f"sdlkit: note: rows stand for whole samples, whose text is not shown: {err}", file=sys.stderr)
+        return {}
+    return dict(zip(samples, dataset.texts(samples), strict=True))
 
 
 def _version() -> str:

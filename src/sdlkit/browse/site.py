@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from sdlkit.browse.scan import LatentScan
+from sdlkit.browse.tokens import TokenText
 
 ASSETS = Path(__file__).parent / "assets"
 PAGES = ("index.html", "latent.html")
@@ -32,6 +33,10 @@ NEIGHBOURS = 8
 CLASSES_SHOWN = 3
 LABELS_SHOWN = 12
 TOP_TOKENS = 6
+INDEX_TEXT = 60
+"""Characters of a whole-sample row's text in the index."""
+EXAMPLE_TEXT = 600
+"""Characters of a whole-sample row's text on its latent's page."""
 
 
 def _js(path: Path, name: str, value: Any) -> None:
@@ -77,12 +82,14 @@ def write_site(
     out: Path,
     scan: LatentScan,
     W_D: torch.Tensor,
-    strings: dict[int, str],
+    text: tuple[TokenText, dict[int, str]],
     meta: dict[str, Any],
     labels: list[str] | None,
     anchored: int = 0,
 ) -> int:
-    """Write the site into `out` (which must be empty or absent); returns the number of latent pages."""
+    """Write the site into `out` (which must be empty or absent); returns the number of latent pages.
+    `text`: (how token ids read, sample id -> the text of a row that stands for a whole sample)."""
+    tokens, texts = text
     (out / "data" / "latents").mkdir(parents=True, exist_ok=True)
     shutil.copytree(ASSETS, out / "assets", dirs_exist_ok=True, ignore=shutil.ignore_patterns(*PAGES))
     for page in PAGES:
@@ -93,12 +100,12 @@ def write_site(
     classes = cos = None
     if scan.class_means is not None and scan.label_rows is not None and W_D.shape[0] == scan.class_means.shape[1]:
         classes, cos = nearest_classes(W_D, scan.class_means, scan.label_rows > 0)
-    top_tokens = _top_tokens(scan, strings)
+    top_tokens = _top_tokens(scan, tokens)
     index = {
         "freq": _round(scan.frequency),
         "max": _round(scan.max),
         "mean": _round(scan.mean_active),
-        "tokens": [" · ".join(t for t, _ in top_tokens[i][:3]) for i in range(L)],
+        "tokens": _index_tokens(scan, top_tokens, texts),
         "cls": classes[:, 0].tolist() if classes is not None else None,
         "cos": _round(cos[:, 0], 3) if cos is not None else None,
     }
@@ -115,7 +122,7 @@ def write_site(
             "hist": columns["hist"][i],
             "near": [[a, b] for a, b in zip(neighbour_ids[i].tolist(), _round(neighbour_cos[i], 3), strict=True)],
             "tokens": top_tokens[i],
-            "examples": _examples(scan, i, strings, columns),
+            "examples": _examples(scan, i, text, columns),
         }
         if classes is not None and cos is not None:
             page["classes"] = [[a, b] for a, b in zip(classes[i].tolist(), _round(cos[i], 3), strict=True)]
@@ -139,8 +146,28 @@ def _per_latent_columns(scan: LatentScan) -> dict[str, list]:
     }
 
 
-def _examples(scan: LatentScan, i: int, strings: dict[int, str], columns: dict[str, list]) -> list[dict[str, Any]]:
-    """The latent's top rows: activation v, sample s, label l, context tokens t with codes a, the top row at c."""
+def _index_tokens(scan: LatentScan, top_tokens: list[list[tuple[str, int]]], texts: dict[int, str]) -> list[str]:
+    """The index's "top tokens" cell per latent: its three most frequent top tokens; for a latent whose top row
+    stands for a whole sample, the start of that sample's text instead."""
+    first = scan.top_samples[0].tolist()
+    return [
+        " · ".join(t for t, _ in top_tokens[i][:3]) or _snippet(texts.get(first[i], ""), INDEX_TEXT)
+        for i in range(len(first))
+    ]
+
+
+def _snippet(text: str, limit: int) -> str:
+    """`text` on one line, cut to `limit` characters (with an ellipsis when cut)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
+def _examples(
+    scan: LatentScan, i: int, text: tuple[TokenText, dict[int, str]], columns: dict[str, list]
+) -> list[dict[str, Any]]:
+    """The latent's top rows: activation v, sample s, label l, context tokens t with codes a, the top row at
+    c, and for a row that stands for a whole sample its text x (when known)."""
+    tokens, texts = text
     examples = []
     centre = (scan.context_tokens.shape[2] - 1) // 2
     for j, value in enumerate(columns["values"][i]):
@@ -151,17 +178,19 @@ def _examples(scan: LatentScan, i: int, strings: dict[int, str], columns: dict[s
         example = {
             "v": float(f"{value:.4g}"),
             "s": columns["samples"][i][j],
-            "t": [strings.get(ids[p], "") if ids[p] >= 0 else "" for p in keep],
+            "t": tokens.context([ids[p] for p in keep]) if ids[keep[0]] >= 0 else [""],
             "a": [float(f"{acts[p]:.3g}") for p in keep],
             "c": keep.index(centre) if centre in keep else 0,
         }
         if columns["labels"] is not None:
             example["l"] = columns["labels"][i][j]
+        if ids[centre] < 0 and example["s"] in texts:
+            example["x"] = _snippet(texts[example["s"]], EXAMPLE_TEXT)
         examples.append(example)
     return examples
 
 
-def _top_tokens(scan: LatentScan, strings: dict[int, str]) -> list[list[tuple[str, int]]]:
+def _top_tokens(scan: LatentScan, tokens: TokenText) -> list[list[tuple[str, int]]]:
     """Per latent, the display strings of the tokens at its top rows, most frequent first (ties: the order
     of the top rows), at most TOP_TOKENS, as (string, count)."""
     centre = (scan.context_tokens.shape[2] - 1) // 2
@@ -176,6 +205,6 @@ def _top_tokens(scan: LatentScan, strings: dict[int, str]) -> list[list[tuple[st
     chosen_ids, chosen_counts = ids.gather(1, best.indices).tolist(), counts.gather(1, best.indices).tolist()
     keep = (best.values > 0).tolist()
     return [
-        [(strings.get(t, f"#{t}").strip() or "␣", n) for t, n, k in zip(tr, cr, kr, strict=True) if k]
+        [(tokens.get(t, f"#{t}").strip() or "␣", n) for t, n, k in zip(tr, cr, kr, strict=True) if k]
         for tr, cr, kr in zip(chosen_ids, chosen_counts, keep, strict=True)
     ]

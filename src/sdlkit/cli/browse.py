@@ -20,6 +20,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     browse.add_argument("--store", required=True, help="the activation store to scan (rows with token provenance)")
     browse.add_argument("--out", required=True, help="folder to write (open DIR/index.html in a browser)")
     browse.add_argument("--tokenizer", default=None, help="model folder or name for token text (default: the store's)")
+    browse.add_argument(
+        "--data",
+        default=None,
+        help="the text file the store was harvested from, for the text of rows that stand for a whole sample "
+        "(default: the path the store recorded, if it still holds the same data)",
+    )
     browse.add_argument("--top-k", type=int, default=20, help="top activating contexts per latent (default 20)")
     browse.add_argument("--window", type=int, default=10, help="context tokens either side (default 10)")
     browse.add_argument("--bins", type=int, default=32, help="histogram bins (default 32)")
@@ -52,6 +58,7 @@ def cmd_browse(args: argparse.Namespace) -> int:
         args.store,
         args.out,
         tokenizer=args.tokenizer,
+        data=args.data,
         options=options,
         device=device(args),
         overwrite=args.overwrite,

@@ -8,7 +8,8 @@ skipped and counted, never fatal.
 
 `Dataset.shuffled(seed)` visits the samples in a seeded random order (the harvest's default): an image
 folder is sorted by class, and a store written in that order would hold out only its last classes and
-fill its shuffle windows with a few classes at a time. Sample ids stay the original indices.
+fill its shuffle windows with a few classes at a time. A store's sample ids are positions in that
+order (`Dataset.order` maps them to file order), and `Dataset.texts` reads texts by those ids.
 """
 
 from __future__ import annotations
@@ -81,6 +82,16 @@ class Dataset:
         (labels permuted alike), so sample ids in a store are positions in this order."""
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(seed))
         return replace(self, order=order, labels=None if self.labels is None else self.labels[order])
+
+    def texts(self, positions: Sequence[int]) -> list[str]:
+        """The texts at `positions` of the visiting order (a store's sample ids): what the browser shows for
+        a row that stands for a whole sample. Text datasets only."""
+        if self.kind != "text":
+            raise ConfigError(f"{self.path} holds images, not texts")
+        indices = self.order[list(positions)].tolist() if self.order is not None else list(positions)
+        if self._texts is not None:
+            return [self._texts[i] for i in indices]
+        return list(self._hub.select(indices)[self._hub_column])
 
     def load(self, start: int, stop: int) -> Samples:
         """Samples at positions [start, stop) of the visiting order, without the images that fail to

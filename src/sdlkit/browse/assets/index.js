@@ -26,6 +26,12 @@
   summary.textContent = `${meta.run} on ${meta.store}: ${meta.n_latents.toLocaleString()} latents ` +
     `(${meta.method}), ${dead.toLocaleString()} never fired on the ${meta.rows.toLocaleString()} rows scanned` +
     (meta.anchored ? `; latents 0–${meta.anchored - 1} are anchored to class means (⚓)` : "") + ".";
+  if (meta.per_sample) {  // rows stand for whole samples: the column shows the top sample's text
+    const th = document.querySelector('#latents th[data-key="tokens"]');
+    th.textContent = "top text";
+    th.title = "the start of the text of its top activating sample";
+    document.getElementById("search").placeholder = "search top text, class, or latent id";
+  }
   let key = "freq", descending = true;
   const search = document.getElementById("search");
   const showDead = document.getElementById("show-dead");

@@ -53,6 +53,10 @@
     return svg;
   }
 
+  function shade(a, max) {
+    return `rgba(255, 120, 30, ${Math.min(1, 0.15 + 0.85 * a / max).toFixed(3)})`;
+  }
+
   function example(ex, max) {
     const box = el("div", null, "example");
     const head = el("div", null, "meta");
@@ -64,11 +68,18 @@
     ex.t.forEach((text, i) => {
       const span = el("span", text, i === ex.c ? "tok focus" : "tok");
       const a = ex.a[i];
-      if (a > 0) span.style.backgroundColor = `rgba(255, 120, 30, ${Math.min(1, 0.15 + 0.85 * a / max).toFixed(3)})`;
+      if (a > 0) span.style.backgroundColor = shade(a, max);
       span.title = `activation ${a.toPrecision(3)}`;
       context.appendChild(span);
     });
-    if (!ex.t.length || ex.t.every((t) => t === "")) context.textContent = "(no token text: a row per sample)";
+    if (ex.x !== undefined) {  // a row that stands for a whole sample: its text, shaded by the row's activation
+      const span = el("span", ex.x, "tok sample");
+      span.style.backgroundColor = shade(ex.v, max);
+      span.title = `activation ${ex.v.toPrecision(3)} (the whole sample)`;
+      context.replaceChildren(span);
+    } else if (!ex.t.length || ex.t.every((t) => t === "")) {
+      context.textContent = "(no token text: a row per sample; pass --data to show the sample's text)";
+    }
     box.appendChild(context);
     return box;
   }
@@ -100,6 +111,7 @@
       table.appendChild(row);
     });
     byId("tokens").replaceChildren(...d.tokens.map(([t, n]) => el("li", `${t} (${n})`)));
+    byId("tokens-head").hidden = !d.tokens.length;  // rows that stand for whole samples have no tokens
     byId("near").replaceChildren(...d.near.map(([id, cos]) => latentLink(id, ` (${cos.toFixed(3)})`)));
     byId("examples").replaceChildren(...d.examples.map((ex) => example(ex, d.max)));
   }
