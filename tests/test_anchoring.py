@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from sdlkit.core.model import ModelConfig, SparseDictionary
+from sdlkit.core.model import ModelConfig, SparseDictionary, project_columns_
 from sdlkit.core.objective import TermContext
 from sdlkit.data import build_source
 from sdlkit.errors import ConfigError, ShapeError
 from sdlkit.train import Trainer
 from sdlkit.train.anchoring import AnchorPenalty, Anchors, class_mean_anchors, ground_truth_anchors
+from sdlkit.train.loop import clip_grads_except
 
 
 def test_penalty_is_eq_26_on_hand_built_weights():
@@ -90,3 +91,69 @@ def test_anchor_count_larger_than_latents_is_refused():
     config.model.n_latents = 20
     with pytest.raises(ConfigError, match="train.anchors.count = 26 is larger than model.n_latents = 20"):
         Trainer(config, build_source(config.data))
+
+
+# ----- the anchor pull is exempt from gradient clipping ------------------------------------------------------
+def test_clip_grads_except_keeps_the_exempt_part_whole():
+    """Worked directly: g' = s·(g − p) + p with s = min(1, max_norm / ‖g − p‖), member by member when stacked;
+    gradients that need no clipping are left bit for bit."""
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 5, 4), torch.randn(3, 6)
+    part = torch.randn(3, 2, 4)
+    for stacked in (False, True):
+        grads = [a.clone(), b.clone()]
+        clip_grads_except(grads, [(grads[0][:, :2], part)], 1.5, stacked=stacked)
+        data = [a.clone(), b.clone()]
+        data[0][:, :2] -= part
+        if stacked:
+            norm = torch.stack([d.flatten(1).pow(2).sum(1) for d in data]).sum(0).sqrt()  # [3]
+            s = (1.5 / norm).clamp(max=1).view(3, 1, 1)
+            expect_a, expect_b = s * data[0], s.view(3, 1) * data[1]
+        else:
+            s = min(1.0, 1.5 / float(torch.cat([d.flatten() for d in data]).norm()))
+            expect_a, expect_b = s * data[0], s * data[1]
+        expect_a[:, :2] += part
+        torch.testing.assert_close(grads[0], expect_a)
+        torch.testing.assert_close(grads[1], expect_b)
+    small = [a.clone() * 1e-3]
+    clip_grads_except(small, [(small[0][:, :2], part * 1e-3)], 1.5)
+    assert torch.equal(small[0], a * 1e-3)
+
+
+@pytest.mark.parametrize("clip_pull", [False, True])
+def test_training_clips_the_data_gradient_and_adds_the_anchor_pull_whole(clip_pull):
+    """One step's gradient after clipping, against autograd run separately on the data terms and on the
+    anchor penalty: s·∇(data loss) + ∇(anchor penalty), with s from the data gradient's norm alone (both
+    projected onto the unit-norm decoder's tangent, as training does); with train.anchors.clip_pull, the
+    old rule: s·(∇ data + ∇ anchor), s from the norm of the sum."""
+    anchors = {"count": 6, "weight": 0.5, "seed": 1, "clip_pull": clip_pull}
+    config = tiny_config("topk", steps=1, grad_clip=0.05, anchors=anchors)
+    trainer = Trainer(config, build_source(config.data))
+    batch = trainer.source.batch(0, 64)
+    out = trainer.model(batch.x_p)
+    ctx = TermContext(out, batch.x_p, batch.x_r, trainer.model, 0, trainer.dead.dead)
+    params = list(trainer.model.parameters())
+    data_loss = sum(term(ctx) for term in trainer.objective.terms if term.name != "anchor")
+    anchor_loss = next(term for term in trainer.objective.terms if term.name == "anchor")(ctx)
+    g_data = torch.autograd.grad(data_loss, params, retain_graph=True, allow_unused=True)
+    g_anchor = torch.autograd.grad(anchor_loss, params, allow_unused=True)
+    W_D = trainer.model.W_D.detach()
+    expected = {}
+    for (name, p), gd, ga in zip(trainer.model.named_parameters(), g_data, g_anchor, strict=True):
+        gd = torch.zeros_like(p) if gd is None else gd.clone()
+        ga = torch.zeros_like(p) if ga is None else ga.clone()
+        if name == "W_D":
+            project_columns_(gd, W_D)
+            project_columns_(ga, W_D)
+        expected[name] = (gd, ga)
+    norm = torch.cat([gd.flatten() for gd, _ in expected.values()]).norm()
+    assert norm > 0.05  # the data gradient is clipped here
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.losses(batch).loss.backward()
+    trainer.project_grads()
+    trainer.clip_grads(0.05)
+    total = torch.cat([(gd + ga).flatten() for gd, ga in expected.values()]).norm()
+    for name, p in trainer.model.named_parameters():
+        gd, ga = expected[name]
+        want = (0.05 / total) * (gd + ga) if clip_pull else (0.05 / norm) * gd + ga
+        torch.testing.assert_close(p.grad, want, rtol=1e-4, atol=1e-7)

@@ -52,11 +52,15 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
         ("relu", [{"l1_coefficient": c} for c in (0.003, 0.01, 0.05)], False),
         ("jumprelu", [{"l0_coefficient": c} for c in (0.0005, 0.001, 0.004)], False),
         ("topk", None, True),
+        ("topk", None, "clipped"),
     ],
-    ids=["topk", "batchtopk", "relu-l1-sweep", "jumprelu-l0-sweep", "topk-soft-anchors"],
+    ids=["topk", "batchtopk", "relu-l1-sweep", "jumprelu-l0-sweep", "topk-soft-anchors", "topk-anchors-clip-binds"],
 )
 def test_an_ensemble_ends_where_separate_runs_end(method, coefficients, anchors):
-    cfgs = configs(method, coefficients, anchors=anchors)
+    # "clipped": a clip small enough to bind on the data gradient, so that each member's anchor pull is
+    # taken out of its clipped norm and added back (Trainer.clip_grads), stacked
+    train = {"grad_clip": 0.02} if anchors == "clipped" else {}
+    cfgs = configs(method, coefficients, anchors=bool(anchors), **train)
     sources = [build_source(c.data, "cpu") for c in cfgs]
     results = EnsembleTrainer(cfgs, sources).fit()
     for config, source, result in zip(cfgs, sources, results, strict=True):

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from sdlkit.core.model import project_columns_
 from sdlkit.core.objective import TermContext, as_coefficient, scaled
 from sdlkit.errors import ConfigError, ShapeError
 from sdlkit.eval.recovery import matched_scores
@@ -121,6 +122,29 @@ class AnchorPenalty(torch.nn.Module):
         encoder = (model.W_E[: self.k] - self.A).pow(2).sum()
         decoder = (model.W_D[:, : self.k] - self.B).pow(2).sum()
         return scaled(self.weight, encoder + decoder)
+
+
+@torch.no_grad()
+def anchor_pull(
+    W_E: torch.Tensor, W_D: torch.Tensor, penalty: AnchorPenalty | dict[str, torch.Tensor], unit_norm_decoder: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The soft anchors' gradient in closed form: ∂/∂W_E[:k] and ∂/∂W_D[:, :k] of eq. 26 are 2λ(W − target),
+    the decoder's projected onto the unit sphere's tangent where the decoder is kept at unit norm (as its
+    whole gradient is). Training clips the gradient without it (sdlkit.train.loop.clip_grads_except): a
+    large early pull, when the anchored rows start far from their anchors, would otherwise shrink every
+    other gradient (benchmarks/anchoring_cost.py). `penalty`: the term, or an ensemble's stacked buffers
+    {A [E, k, n_in], B [E, n_out, k], weight [E]} for W_E [E, L, n_in] and W_D [E, n_out, L].
+    Returns (pull_E [..., k, n_in], pull_D [..., n_out, k])."""
+    buffers = dict(penalty.named_buffers()) if isinstance(penalty, AnchorPenalty) else penalty
+    A, B, weight = buffers["A"], buffers["B"], buffers["weight"]
+    k = A.shape[-2]
+    twice = (2 * weight.to(torch.float32 if W_E.dtype != torch.float64 else torch.float64)).to(W_E.dtype)
+    twice = twice.view(*twice.shape, 1, 1)
+    pull_E = twice * (W_E[..., :k, :] - A)
+    pull_D = twice * (W_D[..., :, :k] - B)
+    if unit_norm_decoder:
+        project_columns_(pull_D, W_D[..., :, :k])
+    return pull_E, pull_D
 
 
 @torch.no_grad()

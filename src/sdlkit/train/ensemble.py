@@ -32,8 +32,9 @@ from sdlkit.core.model import SparseDictionary, normalize_columns_, project_colu
 from sdlkit.core.objective import Objective, TermContext
 from sdlkit.data.source import Batch, DataSource
 from sdlkit.errors import ConfigError, TrainingDiverged
+from sdlkit.train.anchoring import anchor_pull
 from sdlkit.train.checkpoint import config_differences, list_checkpoints
-from sdlkit.train.loop import Accumulator, StepLosses, adam, run, train_step
+from sdlkit.train.loop import Accumulator, StepLosses, adam, clip_grads_except, run, train_step
 from sdlkit.train.resample import DeadLatents
 from sdlkit.train.trainer import Trainer, TrainResult
 
@@ -188,8 +189,17 @@ class EnsembleTrainer:
             project_columns_(W_D.grad, W_D.detach())
 
     def clip_grads(self, max_norm: float) -> None:
-        """Each member's gradients to norm `max_norm` at most."""
+        """Each member's gradients to norm `max_norm` at most, soft anchors' pull exempt (as in Trainer)."""
         grads = [p.grad for p in self.params.values() if p.grad is not None]
+        if self.members[0].clip_exempt is not None:  # soft anchors whose pull is exempt (the members agree)
+            buffers = {name: self.stacked[f"objective.anchor.{name}"] for name in ("A", "B", "weight")}
+            W_E, W_D = self.params["W_E"], self.params["W_D"]
+            unit = self.members[0].config.model.unit_norm_decoder
+            pull_E, pull_D = anchor_pull(W_E.detach(), W_D.detach(), buffers, unit)
+            k = pull_E.shape[-2]
+            exempt = [(W_E.grad[:, :k], pull_E), (W_D.grad[:, :, :k], pull_D)]
+            clip_grads_except(grads, exempt, max_norm, stacked=True)
+            return
         norms = torch.stack([g.pow(2).flatten(1).sum(dim=1) for g in grads]).sum(dim=0).sqrt()  # [E]
         scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
         for g in grads:

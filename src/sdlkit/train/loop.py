@@ -114,6 +114,31 @@ class Job(Protocol):
         """Checkpoint every run (where it has a run folder)."""
 
 
+@torch.no_grad()
+def clip_grads_except(
+    grads: list[torch.Tensor],
+    exempt: list[tuple[torch.Tensor, torch.Tensor]],
+    max_norm: float,
+    stacked: bool = False,
+) -> None:
+    """Scale `grads` in place so that their norm WITHOUT the exempt parts is at most `max_norm`; the exempt
+    parts are kept whole. `exempt`: (a view into one of `grads`, the part of that view to exempt) pairs.
+    stacked: the gradients of an ensemble, [E, ...], clipped member by member. Where nothing is clipped the
+    gradients are left exactly as they were."""
+    dims = (lambda g: tuple(range(1, g.ndim))) if stacked else (lambda g: tuple(range(g.ndim)))
+    square = sum(g.double().pow(2).sum(dims(g)) for g in grads)
+    for view, part in exempt:
+        square = square - view.double().pow(2).sum(dims(view)) + (view - part).double().pow(2).sum(dims(view))
+    scale = (max_norm / (square.clamp(min=0).sqrt() + 1e-6)).clamp(max=1.0)
+    if not bool((scale < 1).any()):
+        return
+    for g in grads:
+        g.mul_(scale.to(g.dtype).view(-1, *[1] * (g.ndim - 1)) if stacked else scale.to(g.dtype))
+    for view, part in exempt:  # scale·(view − part) + part
+        keep = (1 - scale).to(view.dtype)
+        view.add_(part * (keep.view(-1, *[1] * (view.ndim - 1)) if stacked else keep))
+
+
 def train_step(job: Job, batch: Batch) -> None:
     """One optimiser step of `job` on `batch`: project → clip → step → post-step after the backward."""
     job.optimizer.zero_grad(set_to_none=True)  # before the forward: the old gradients do not add to its peak

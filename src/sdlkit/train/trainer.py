@@ -26,6 +26,7 @@ from sdlkit.store.normalize import fold_scales
 from sdlkit.train.anchoring import (
     AnchorPenalty,
     Anchors,
+    anchor_pull,
     apply_hard_anchors,
     ground_truth_anchors,
     load_anchors,
@@ -48,7 +49,7 @@ from sdlkit.train.distributed import (
     local_batch_size,
     mean_over_ranks,
 )
-from sdlkit.train.loop import Accumulator, StepLosses, adam, run, train_step
+from sdlkit.train.loop import Accumulator, StepLosses, adam, clip_grads_except, run, train_step
 from sdlkit.train.resample import DeadLatents, resample_dead_latents
 
 METRICS_FILE = "metrics.jsonl"
@@ -103,8 +104,10 @@ class Trainer:
         method = config.model.method
         terms = [*method.build_terms(config.model.n_latents, source.n_out), *extra_terms]
         self.anchors = self._anchors(anchors)
+        self.clip_exempt: AnchorPenalty | None = None  # soft anchors whose pull gradient clipping leaves whole
         if self.anchors is not None and self.cfg.anchors.mode == "soft":
             terms.append(AnchorPenalty(self.anchors, self.cfg.anchors.weight))
+            self.clip_exempt = None if self.cfg.anchors.clip_pull else terms[-1]
         elif self.anchors is not None:
             apply_hard_anchors(self.model, self.anchors)
         self.objective = Objective(terms)
@@ -331,7 +334,15 @@ class Trainer:
             zero_anchor_grads(self.model, self.anchors.k)
 
     def clip_grads(self, max_norm: float) -> None:
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        """Clip the gradient's norm to `max_norm`, the soft anchors' pull exempt (anchoring.anchor_pull)."""
+        if self.clip_exempt is None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+            return
+        W_E, W_D = self.model.W_E, self.model.W_D
+        pull_E, pull_D = anchor_pull(W_E.detach(), W_D.detach(), self.clip_exempt, self.model.config.unit_norm_decoder)
+        k = pull_E.shape[0]
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        clip_grads_except(grads, [(W_E.grad[:k], pull_E), (W_D.grad[:, :k], pull_D)], max_norm)
 
     def post_step(self) -> None:
         self.model.post_step()
