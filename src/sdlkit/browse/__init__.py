@@ -53,7 +53,7 @@ def build_browser(
     model = load(folder, device)
     scan = scan_store(model, opened, modules, options)
     used = scan.context_tokens[scan.context_tokens >= 0].unique().tolist()
-    strings = token_text(_tokenizer(tokenizer, opened) if used else None, used)
+    tokens = token_text(_tokenizer(tokenizer, opened) if used else None, used)
     texts = _sample_texts(scan, opened, data)
     run_config = config.get("run", {})
     anchors = (run_config.get("train") or {}).get("anchors") or {}
@@ -73,7 +73,7 @@ def build_browser(
         "sdlkit_version": _version(),
     }
     pages = write_site(
-        target, scan, model.W_D.detach().cpu(), (strings, texts), meta, opened.labels, anchors.get("count", 0)
+        target, scan, model.W_D.detach().cpu(), (tokens, texts), meta, opened.labels, anchors.get("count", 0)
     )
     return {"out": str(target), "rows": scan.rows, "latents": model.n_latents, "pages": pages, "scan": scan}
 
