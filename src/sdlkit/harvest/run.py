@@ -43,7 +43,7 @@ from sdlkit.harvest.models import (
 from sdlkit.harvest.pooling import pool_tokens
 from sdlkit.options import with_overrides
 from sdlkit.store import StoreManifest, StoreWriter
-from sdlkit.store.writer import resumable_manifest
+from sdlkit.store.opening import resumable_manifest
 
 SKIPPED_IMAGES = "undecodable_images"
 
