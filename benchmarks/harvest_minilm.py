@@ -36,9 +36,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "minilm"))
 
-import sdlkit.harvest.run as run_module  # noqa: E402
+import sdlkit.harvest.forward as forward_module  # noqa: E402
 from sdlkit.harvest import harvest, load_model, open_dataset  # noqa: E402
 from sdlkit.harvest.batching import pad_ids, sorted_passes  # noqa: E402
+from sdlkit.harvest.prepare import Preparer  # noqa: E402
 from sdlkit.store import StoreWriter  # noqa: E402
 
 
@@ -165,9 +166,9 @@ def main() -> None:
                 result["runs"].append(timed_harvest(args.model, module, corpus, root / "store", args.samples, window))
     if "phases" in parts:
         timers = Timers()
-        timers.wrap(run_module._Preparer, "__call__", "prepare")
-        timers.wrap(run_module, "record_batch", "forward")
-        timers.wrap(run_module, "_rows", "rows")
+        timers.wrap(Preparer, "__call__", "prepare")
+        timers.wrap(forward_module, "record_batch", "forward")
+        timers.wrap(forward_module, "_rows", "rows")
         timers.wrap(StoreWriter, "append", "append")
         timers.wrap(StoreWriter, "_write_shard", "write_shard")
         try:

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from sdlkit.data.lrb.source import LRBSource, lrb_preset
+from sdlkit.data.lrb import LRBSource, lrb_preset
 
 
 def seconds_per_batch(source: LRBSource, batch: int, batches: int, device: str) -> float:

@@ -47,7 +47,7 @@ import torch
 from scipy.stats import poisson
 
 from sdlkit.config import run_config
-from sdlkit.data.lrb.source import LRBSource, lrb_preset
+from sdlkit.data.lrb import LRBSource, lrb_preset
 from sdlkit.eval.recovery import best_match, gt_recovery, max_inner_product
 from sdlkit.train import Trainer
 from sdlkit.train.loop import lr_factor

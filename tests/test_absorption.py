@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sdlkit.core.model import ModelConfig, SparseDictionary
-from sdlkit.data.lrb.source import LRBConfig, LRBSource, lrb_preset
+from sdlkit.data.lrb import LRBConfig, LRBSource, lrb_preset
 from sdlkit.errors import ConfigError
 from sdlkit.eval.absorption import AbsorptionOptions, absorption_rates
 

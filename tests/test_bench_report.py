@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sdlkit.paper.bench.report import _cell, compare, headline, method_yaml, verdict
+from sdlkit.paper.bench.report_tables import _cell, method_yaml
+from sdlkit.paper.bench.report_text import compare, headline, verdict
 from sdlkit.paper.paper_tables import TABLE1
 
 
@@ -109,10 +110,10 @@ def test_a_registered_metric_reaches_the_record_and_the_table(monkeypatch):
     from sdlkit import ModelConfig, SparseDictionary
     from sdlkit.data.lrb import LRBSource, lrb_preset
     from sdlkit.paper.bench import scoring
-    from sdlkit.paper.bench.report import results_table
+    from sdlkit.paper.bench.report_tables import results_table
 
     monkeypatch.setattr(scoring, "BENCH_METRICS", dict(scoring.BENCH_METRICS))
-    monkeypatch.setattr("sdlkit.paper.bench.report.BENCH_METRICS", scoring.BENCH_METRICS)
+    monkeypatch.setattr("sdlkit.paper.bench.report_tables.BENCH_METRICS", scoring.BENCH_METRICS)
 
     def decoder_norm(model, source, exclude):
         return {"mean_decoder_norm": float(model.W_D.detach().norm(dim=0).mean())}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from sdlkit.data.lrb import LRBSource, lrb_preset
 from sdlkit.data.lrb.features import frame_properties, make_feature_matrix, max_interference, tighten
-from sdlkit.data.lrb.source import LRBSource, lrb_preset
 from sdlkit.errors import ConfigError
 
 

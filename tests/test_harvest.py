@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 
 from transformers import AutoTokenizer, CLIPImageProcessorPil
 
-import sdlkit.harvest.run as run_module
+import sdlkit.harvest.forward as forward_module
 from hf_tiny import TEXTS, WORDS, one_thread, save_tokenizer, tiny_clip, tiny_lm  # noqa: F401 (autouse fixture)
 from sdlkit.errors import ConfigError, SdlkitError
 from sdlkit.harvest import check_store_matches_model, harvest, list_modules, load_model, open_dataset
@@ -114,7 +114,7 @@ def test_resume_after_interrupt_gives_the_uninterrupted_rows(gpt2, tmp_path, tex
     modules = "transformer.h.1,transformer.h.2.mlp:input"
     whole = harvest(str(gpt2), modules, str(text_file), str(tmp_path / "whole"), **options)
 
-    real, calls = run_module.record_batch, []
+    real, calls = forward_module.record_batch, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -122,10 +122,10 @@ def test_resume_after_interrupt_gives_the_uninterrupted_rows(gpt2, tmp_path, tex
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "record_batch", interrupted)
+    monkeypatch.setattr(forward_module, "record_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         harvest(str(gpt2), modules, str(text_file), str(tmp_path / "cut"), **options)
-    monkeypatch.setattr(run_module, "record_batch", real)
+    monkeypatch.setattr(forward_module, "record_batch", real)
     cut = json.loads((tmp_path / "cut" / "manifest.json").read_text())
     assert not cut["progress"]["complete"] and cut["progress"]["next_sample"] == 6  # step 1's 2 × 3 samples
     with pytest.raises(SdlkitError, match="context_size"):  # other settings: refused

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from sdlkit.data.lrb import LRBConfig, LRBSource, lrb_preset
 from sdlkit.data.lrb.features import max_interference
 from sdlkit.data.lrb.hierarchy import Hierarchy, HierarchyConfig
-from sdlkit.data.lrb.source import LRBConfig, LRBSource, lrb_preset
 from sdlkit.errors import ConfigError
 
 # 2 trees, branching 3, depth 2: 2 roots + 6 children + 18 leaves = 26 tree features, 6 independent.

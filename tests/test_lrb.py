@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
+from sdlkit.data.lrb import LRB_PRESETS, LRBConfig, LRBSource, lrb_preset
 from sdlkit.data.lrb.features import PGDSettings, make_feature_matrix, max_interference
-from sdlkit.data.lrb.source import LRB_PRESETS, LRBConfig, LRBSource, lrb_preset
 from sdlkit.data.source import Batch, DataSource
 from sdlkit.errors import ConfigError
 
@@ -268,7 +268,7 @@ def test_fixed_set_epochs_are_permutations() -> None:
 
 def test_fixed_set_stored_sparsely() -> None:
     src = LRBSource(lrb_preset("tiny", n_samples=5000))
-    row_ptr, col, val = src._set  # type: ignore[misc]
+    row_ptr, col, val = src._codes.fixed_set  # type: ignore[misc]
     assert row_ptr.shape == (5001,) and col.numel() == val.numel() == int(row_ptr[-1])
     assert val.numel() < 0.15 * 5000 * 26  # ~10% non-zeros, not a dense [N, n] tensor
     assert (val >= 0.5).all()

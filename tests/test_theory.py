@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sdlkit.data.lrb import LRBConfig, LRBSource
 from sdlkit.data.lrb.features import make_feature_matrix
-from sdlkit.data.lrb.source import LRBConfig, LRBSource
 from sdlkit.errors import ConfigError
 from sdlkit.eval.recovery import best_match, gt_recovery
 from sdlkit.methods import method_config

@@ -9,7 +9,7 @@ import yaml
 import sdlkit
 from sdlkit.cli.main import main
 from sdlkit.core.model import ModelConfig, SparseDictionary
-from sdlkit.data.lrb.source import LRBSource, lrb_preset
+from sdlkit.data.lrb import LRBSource, lrb_preset
 from sdlkit.paper.training_checks import absorption_check, resampling_check
 
 

@@ -4,7 +4,8 @@ Importing this package registers the bench (kind "lrb"); the activation store re
 sdlkit.store, which builds on this package (never the reverse).
 """
 
-from sdlkit.data.lrb.source import LRB_PRESETS, LRBConfig, LRBSource, lrb_preset
+from sdlkit.data.lrb.config import LRB_PRESETS, LRBConfig, lrb_preset
+from sdlkit.data.lrb.source import LRBSource
 from sdlkit.data.source import (
     SOURCES,
     Batch,

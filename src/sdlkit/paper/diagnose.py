@@ -16,7 +16,8 @@ import torch
 
 from sdlkit.config import load_yaml, validate
 from sdlkit.core.model import SparseDictionary
-from sdlkit.data.lrb.source import LRBConfig, LRBSource
+from sdlkit.data.lrb.config import LRBConfig
+from sdlkit.data.lrb.source import LRBSource
 from sdlkit.errors import CheckpointError, ConfigError
 from sdlkit.io import read_config, resolve_checkpoint
 from sdlkit.paper.theory import classify

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
+from sdlkit.data.lrb.config import LRBConfig
 from sdlkit.data.lrb.features import make_feature_matrix
-from sdlkit.data.lrb.source import LRBConfig, LRBSource
+from sdlkit.data.lrb.source import LRBSource
 from sdlkit.errors import ConfigError
 from sdlkit.eval.recovery import best_match, gt_recovery
 from sdlkit.methods.relu import ReLU

@@ -8,8 +8,10 @@ read-only view; `StoreSource` streams shuffled (x_p, x_r) batches from it for tr
 from sdlkit.store.config import StoreDataConfig
 from sdlkit.store.format import StoreManifest, read_manifest, shard_name
 from sdlkit.store.normalize import fold_scales
-from sdlkit.store.reader import ActivationStore, StoreSource
-from sdlkit.store.writer import StoreWriter, recompute_stats, truncate_store
+from sdlkit.store.reader import ActivationStore
+from sdlkit.store.source import StoreSource
+from sdlkit.store.stats import recompute_stats
+from sdlkit.store.writer import StoreWriter, truncate_store
 
 __all__ = [
     "ActivationStore",

@@ -18,225 +18,28 @@ x_p -> x_r = W_r x with W_r drawn like W_p (same M), and a crosscoder reads m so
 x_p^(j) = W_p^(j) x, each W_p^(j) an independent draw, concatenated into one [m·n_p] vector
 (x_r is x_p: it reconstructs all sources).
 
-`LRBConfig` validates the settings, `LRB_PRESETS` / `lrb_preset` name the standard ones, and `LRBSource`
-is the random-access `DataSource`: batch `index` is a pure function of (seed, index, batch_size), so
+`LRBConfig` (sdlkit.data.lrb.config) validates the settings, `LRB_PRESETS` / `lrb_preset` name the standard
+ones, and `LRBSource` is the random-access `DataSource`: it builds the feature matrices and maps codes (drawn
+by sdlkit.data.lrb.codes) through them. Batch `index` is a pure function of (seed, index, batch_size), so
 a stream position is one integer. Shapes: codes [batch, n], x_p [batch, n_in], x_r [batch, n_out].
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch.nn import functional as F
 
-from sdlkit.data.lrb.features import (
-    DEFAULT_EPS,
-    DEFAULT_LAM,
-    DEFAULT_LR,
-    DEFAULT_MAX_ITERS,
-    FRAMES,
-    PGDSettings,
-    check_interference_feasible,
-    dual_frame,
-    frame_properties,
-    make_feature_matrix,
-)
-from sdlkit.data.lrb.hierarchy import Hierarchy, HierarchyConfig, impose_hierarchy
-from sdlkit.data.sampling import bernoulli_positions
-from sdlkit.data.source import (
-    Batch,
-    DataConfig,
-    DataShape,
-    DataSource,
-    DirectionKind,
-    KnownDirections,
-    apply_preset,
-    register_source,
-)
+from sdlkit.data.lrb.codes import CodeStream, Entries, seeded_generator
+from sdlkit.data.lrb.config import LRB_PRESETS, LRBConfig, lrb_preset
+from sdlkit.data.lrb.features import PGDSettings, dual_frame, frame_properties, make_feature_matrix
+from sdlkit.data.lrb.hierarchy import Hierarchy, HierarchyConfig
+from sdlkit.data.source import Batch, DataSource, DirectionKind, KnownDirections, register_source
 from sdlkit.errors import ConfigError
-from sdlkit.seeding import derive_seed
 
+# LRBConfig, LRB_PRESETS and lrb_preset lived here before config.py: still importable from this module.
 __all__ = ["LRB_PRESETS", "Hierarchy", "HierarchyConfig", "LRBConfig", "LRBSource", "lrb_preset"]
-
-
-class LRBConfig(DataConfig):
-    """Settings of the Linear Representation Bench (the `data:` section of a run config). `preset: NAME`
-    starts from the named `LRB_PRESETS` entry; the other keys override it."""
-
-    kind: Literal["lrb"] = Field("lrb", description="Data kind tag: the Linear Representation Bench.")
-    mode: Literal["sae", "transcoder", "crosscoder"] = Field(
-        "sae",
-        description="sae: x_r is x_p. transcoder: x_r = W_r x with an independent W_r [n_r, n]. "
-        "crosscoder: n_sources independent W_p^(j), x_p = x_r = their outputs concatenated.",
-    )
-    n_features: int = Field(gt=0, description="n, the number of ground-truth features (> 0).")
-    n_p: int = Field(gt=0, description="Dimension of x_p (of each source for a crosscoder) (> 0).")
-    n_r: int | None = Field(
-        None, gt=0, description="Transcoder only: dimension of x_r (> 0); None = n_p. Not allowed in other modes."
-    )
-    n_sources: int = Field(1, description="Crosscoder m, the number of sources (>= 2); must be 1 otherwise.")
-    S: float = Field(description="Sparsity Pr(x_d = 0), in [0, 1); each feature is active with probability 1 − S.")
-    M: float = Field(description="Maximum interference: max_{i != j} <w_i, w_j> <= M for the columns of W_p (and W_r).")
-    c_min: float = Field(
-        0.5,
-        ge=0,
-        description="Minimum activation of an active feature (>= 0). Default 0.5 (paper gives none): with "
-        "beta = 0.5 an active feature has mean magnitude c_min + beta = 1, and it never falls below half "
-        "of that, so every active feature stays visible above the interference (<= M each) of the "
-        "~n(1 − S) other active ones instead of hiding in a tail of near-zero activations.",
-    )
-    beta: float = Field(
-        0.5,
-        gt=0,
-        description="Scale (= mean = std) of the exponential part of an active feature's magnitude (> 0). "
-        "Default 0.5 so that the mean magnitude c_min + beta is 1 with a 2:1 spread of typical values.",
-    )
-    n_samples: int | None = Field(
-        None,
-        gt=0,
-        description="None: a fresh sample for every batch (infinite stream). N: a fixed training set of N "
-        "samples (the paper's N = 100,000), stored sparsely on the device and reshuffled every epoch.",
-    )
-    eval_size: int = Field(
-        4096, ge=1, description="Size of the fixed held-out evaluation set (> 0), from its own seed stream."
-    )
-    seed: int = Field(0, description="Seeds everything in the data: W_p, W_r, training samples, evaluation set.")
-    frame: Literal["gaussian", "tight"] = Field(
-        "gaussian",
-        description="How W_p (and W_r, and every crosscoder block) is drawn before the interference PGD. "
-        "gaussian: App. C as written (an i.i.d. Gaussian draw; cond(W_p W_pᵀ) ≈ 150-210 at the presets). "
-        "tight: the draw mapped to its nearest tight frame, (W Wᵀ)^{-t/2} W with t = `tightness`, then "
-        "unit columns (cond ≈ 1.1-1.3 at t = 1). The same M holds on both.",
-    )
-    tightness: float | None = Field(
-        None,
-        ge=0.0,
-        le=1.0,
-        description="frame: tight only: t in [0, 1], the continuous knob between the Gaussian draw (t = 0, "
-        "bit-identical to frame gaussian) and the tight frame (t = 1, the default).",
-    )
-    interference_eps: float = Field(
-        DEFAULT_EPS,
-        gt=0,
-        description="Margin ε of the interference loss (see sdlkit.data.lrb.features.make_feature_matrix).",
-    )
-    interference_lam: float = Field(
-        DEFAULT_LAM, ge=0, description="Weight λ of the positive-overlap penalty of the interference loss (>= 0)."
-    )
-    interference_lr: float = Field(DEFAULT_LR, gt=0, description="Base step η of the interference PGD (> 0).")
-    interference_max_iters: int = Field(
-        DEFAULT_MAX_ITERS, ge=1, description="Iteration limit of the interference PGD (>= 1)."
-    )
-    hierarchy: HierarchyConfig | None = Field(
-        None,
-        description="None: all features independent (the paper's bench). Otherwise {n_parents, "
-        "children_per_parent, depth}: the first n_parents·(1 + b + … + b^depth) features form trees in which "
-        "a parent is active iff one of its children is (Def 3.2); see sdlkit.data.lrb.hierarchy for the layout.",
-    )
-
-    # ---- validators: ValueError with a message that names the field and the allowed values ----
-    @model_validator(mode="before")
-    @classmethod
-    def _preset(cls, values: Any) -> Any:
-        """{preset: NAME, **overrides} -> the preset's settings with the overrides applied."""
-        return apply_preset(values, LRB_PRESETS, "LRB")
-
-    @field_validator("n_r")
-    @classmethod
-    def _n_r(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is None:
-            return value
-        mode = info.data.get("mode")
-        if mode != "transcoder":
-            raise ValueError(f"n_r is only allowed when mode is 'transcoder' (mode is {mode!r}); remove n_r")
-        return value
-
-    @field_validator("n_sources")
-    @classmethod
-    def _n_sources(cls, value: int, info: ValidationInfo) -> int:
-        mode = info.data.get("mode")
-        if mode == "crosscoder" and value < 2:
-            raise ValueError("n_sources must be >= 2 in crosscoder mode")
-        if mode in ("sae", "transcoder") and value != 1:
-            raise ValueError(f"n_sources must be 1 in {mode} mode (several sources need mode: crosscoder)")
-        return value
-
-    @field_validator("S")
-    @classmethod
-    def _S(cls, value: float) -> float:
-        if not 0 <= value < 1:
-            raise ValueError("S must be in [0, 1) (it is Pr(x_d = 0))")
-        return value
-
-    @model_validator(mode="after")
-    def _feasible(self) -> LRBConfig:
-        """Refuse an M that is provably out of reach for the matrices this config builds."""
-        check_interference_feasible(self.n_p, self.n_features, self.M)
-        if self.mode == "transcoder":
-            check_interference_feasible(self.target_dims, self.n_features, self.M)
-        return self
-
-    @model_validator(mode="after")
-    def _tightness(self) -> LRBConfig:
-        if self.tightness is not None and self.frame != "tight":
-            raise ValueError(f"tightness is only allowed with frame: tight (frame is {self.frame!r}); remove it")
-        return self
-
-    @model_validator(mode="after")
-    def _hierarchy_fits(self) -> LRBConfig:
-        h = self.hierarchy
-        if h is not None and h.n_tree_features > self.n_features:
-            raise ValueError(
-                f"n_features = {self.n_features} is too small for the hierarchy: hierarchy.n_parents = "
-                f"{h.n_parents}, children_per_parent = {h.children_per_parent}, depth = {h.depth} need "
-                f"{h.n_tree_features} features; raise n_features or shrink the hierarchy"
-            )
-        return self
-
-    # ---- helpers ----
-    @property
-    def frame_tightness(self) -> float:
-        """t as used: 0 for the Gaussian frame, `tightness` (default 1) for the tight one."""
-        if self.frame == "tight":
-            return 1.0 if self.tightness is None else self.tightness
-        return FRAMES[self.frame]
-
-    @property
-    def target_dims(self) -> int:
-        """n_r as used: the dimension of each W_r column (n_p unless a transcoder sets n_r)."""
-        return self.n_r if self.n_r is not None else self.n_p
-
-    def shape(self) -> DataShape:
-        """x_p: n_p, or m blocks of n_p for a crosscoder; x_r: the same, or n_r for a transcoder."""
-        if self.mode == "crosscoder":
-            blocks = [self.n_p] * self.n_sources
-            return DataShape(sum(blocks), sum(blocks), blocks, blocks)
-        return DataShape(self.n_p, self.target_dims, [self.n_p], [self.target_dims])
-
-
-LRB_PRESETS: dict[str, dict[str, Any]] = {
-    # Table 3 of the paper.
-    "paper": {"n_features": 1000, "n_p": 768, "S": 0.99, "M": 0.1, "n_samples": 100_000},
-    # Same superposition ratio n/n_p = 1.30, S and M, about 4x smaller: minutes on a CPU.
-    "quick": {"n_features": 260, "n_p": 200, "S": 0.99, "M": 0.1, "n_samples": None},
-    # For tests: builds in milliseconds; same ratio 1.3, denser codes so small batches have signal.
-    "tiny": {"n_features": 26, "n_p": 20, "S": 0.9, "M": 0.3, "n_samples": None},
-}
-"""Named LRB settings; `lrb_preset(name, **overrides)` validates one with overrides applied."""
-
-
-def lrb_preset(name: str, **overrides: Any) -> LRBConfig:
-    """The preset `name` with `overrides` applied, validated (ConfigError on a bad name or value)."""
-    return LRBConfig.from_dict({"preset": name, **overrides})
-
-
-_Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-"""Codes as CSR entries: row_ptr [rows + 1] (int64), col [nnz] (feature index), val [nnz] (magnitude)."""
-
-_SET_CHUNK = 4096
-"""Rows drawn per generator when building the fixed training set (a constant, so the set is reproducible)."""
 
 
 class LRBSource(DataSource):
@@ -288,26 +91,23 @@ class LRBSource(DataSource):
             n_tree = self.hierarchy.n_tree
             self.true_l0 = (n - n_tree) * (1 - config.S) + self.hierarchy.expected_active(config.S)
         self._columns = {"p": self.W_p.T.contiguous(), "r": self.W_r.T.contiguous()}  # [n, n_in], [n, n_out]
-        self._eval: tuple[_Entries, Batch] | None = None
+        self._eval: tuple[Entries, Batch] | None = None
         self._frame: dict[str, Any] | None = None
         self._dual: torch.Tensor | None = None
-        self._perms: dict[int, torch.Tensor] = {}
-        self._set: _Entries | None = None
-        if config.n_samples is not None:
-            self._set = self._build_training_set(config.n_samples)
+        self._codes = CodeStream(config, self.hierarchy, self.device, dtype)
 
     # ---- public API ----
     def codes(self, index: int, batch_size: int) -> torch.Tensor:
         """Sparse codes x [batch_size, n] of training batch `index` (dense tensor, zeros where inactive)."""
-        return self._dense(self._entries(index, batch_size))
+        return self._codes.dense(self._codes.entries(index, batch_size))
 
     def batch(self, index: int, batch_size: int) -> Batch:
         """Training batch `index`: x_p = codes @ W_pᵀ, x_r = x_p (sae, crosscoder) or codes @ W_rᵀ."""
-        return self._to_batch(self._entries(index, batch_size))
+        return self._to_batch(self._codes.entries(index, batch_size))
 
     def eval_codes(self) -> torch.Tensor:
         """Codes [eval_size, n] of the fixed held-out set (its own seed stream)."""
-        return self._dense(self._eval_cache()[0])
+        return self._codes.dense(self._eval_cache()[0])
 
     def eval_batch(self) -> Batch:
         """The fixed held-out evaluation set as a Batch (cached after the first call)."""
@@ -315,9 +115,9 @@ class LRBSource(DataSource):
 
     def training_set_codes(self) -> torch.Tensor:
         """The whole fixed training set as dense codes [n_samples, n] (n_samples mode only; to inspect)."""
-        if self._set is None:
+        if self._codes.fixed_set is None:
             raise ConfigError("training_set_codes() needs data.n_samples to be set (this source is an infinite stream)")
-        return self._dense(self._set_rows(torch.arange(self.config.n_samples or 0, device=self.device)))
+        return self._codes.dense(self._codes.set_rows(torch.arange(self.config.n_samples or 0, device=self.device)))
 
     def sample_codes(self, n_samples: int, stream: str = "extra", index: int = 0) -> torch.Tensor:
         """`n_samples` fresh codes [n_samples, n] from the named seed stream (`stream`, `index`), e.g.
@@ -326,7 +126,7 @@ class LRBSource(DataSource):
         arguments always give the same codes."""
         if n_samples < 1:
             raise ConfigError(f"n_samples must be >= 1, got {n_samples}")
-        return self._dense(self._sample_entries(n_samples, self._generator(f"user:{stream}", index)))
+        return self._codes.dense(self._codes.sample(n_samples, self._generator(f"user:{stream}", index)))
 
     def frame(self) -> dict[str, Any]:
         """The frame's name, its tightness t and its measured geometry (`frame_properties`) for every
@@ -368,114 +168,23 @@ class LRBSource(DataSource):
 
     # ---- internals ----
     def _generator(self, stream: str, index: int) -> torch.Generator:
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(derive_seed(self.config.seed, stream, index))
-        return gen
+        return seeded_generator(self.config.seed, stream, index, self.device)
 
-    def _entries(self, index: int, batch_size: int) -> _Entries:
-        """The active entries of training batch `index` (drawn, or rows of the fixed set)."""
-        if index < 0 or batch_size < 1:
-            raise ConfigError(
-                f"batch index must be >= 0 and batch_size >= 1, got index={index}, batch_size={batch_size}"
-            )
-        if self._set is None:
-            return self._sample_entries(batch_size, self._generator("train", index))
-        N = self.config.n_samples
-        assert N is not None
-        positions = torch.arange(index * batch_size, (index + 1) * batch_size, device=self.device)
-        epochs = positions // N
-        rows = torch.empty_like(positions)
-        for epoch in range(int(epochs[0]), int(epochs[-1]) + 1):
-            sel = epochs == epoch
-            rows[sel] = self._permutation(epoch)[positions[sel] - epoch * N]
-        return self._set_rows(rows)
-
-    def _active_positions(self, total: int, gen: torch.Generator) -> torch.Tensor:
-        """Ascending positions in [0, total) where an independent Bernoulli(1 − S) draw is 1 (drawn as
-        geometric gaps: a cost ∝ the ones found)."""
-        return bernoulli_positions(total, 1 - self.config.S, gen, self.device)
-
-    def _sample_entries(self, rows: int, gen: torch.Generator) -> _Entries:
-        """x_d = Bernoulli(1 − S) · (c_min + beta · Exp(1)) for a [rows, n] block, drawn with `gen`,
-        as its active entries.
-
-        Magnitudes are drawn for the active entries in row-major order. With a hierarchy, the tree's
-        non-leaf entries of the Bernoulli draw are replaced by "any child active" (bottom-up, on a
-        dense [rows, n] mask) before the magnitudes are drawn.
-        """
-        cfg = self.config
-        n = cfg.n_features
-        positions = self._active_positions(rows * n, gen)
-        if self.hierarchy is not None:
-            active = torch.zeros(rows * n, dtype=torch.bool, device=self.device)
-            active[positions] = True
-            impose_hierarchy(active.view(rows, n), self.hierarchy)
-            positions = active.nonzero().squeeze(1)
-        magnitude = torch.empty(positions.numel(), device=self.device, dtype=self.dtype)
-        magnitude.exponential_(1.0, generator=gen)
-        row_ptr = torch.zeros(rows + 1, dtype=torch.int64, device=self.device)
-        row_ptr[1:] = torch.bincount(positions // n, minlength=rows).cumsum(0)
-        return row_ptr, positions % n, magnitude.mul_(cfg.beta).add_(cfg.c_min)
-
-    def _dense(self, entries: _Entries) -> torch.Tensor:
-        """Dense codes [rows, n] of CSR entries."""
-        row_ptr, col, val = entries
-        rows = row_ptr.numel() - 1
-        out = torch.zeros(rows, self.config.n_features, device=self.device, dtype=self.dtype)
-        row = torch.repeat_interleave(torch.arange(rows, device=self.device), row_ptr.diff())
-        out[row, col.long()] = val
-        return out
-
-    def _project(self, entries: _Entries, side: str) -> torch.Tensor:
+    def _project(self, entries: Entries, side: str) -> torch.Tensor:
         """codes @ W_sideᵀ [rows, n_side]: the sum of the active features' columns, weighted."""
         row_ptr, col, val = entries
         return F.embedding_bag(col.long(), self._columns[side], row_ptr[:-1], mode="sum", per_sample_weights=val)
 
-    def _to_batch(self, entries: _Entries) -> Batch:
+    def _to_batch(self, entries: Entries) -> Batch:
         x_p = self._project(entries, "p")
         x_r = x_p if self.W_r is self.W_p else self._project(entries, "r")
         return Batch(x_p=x_p, x_r=x_r)
 
-    def _eval_cache(self) -> tuple[_Entries, Batch]:
+    def _eval_cache(self) -> tuple[Entries, Batch]:
         if self._eval is None:
-            entries = self._sample_entries(self.config.eval_size, self._generator("eval", 0))
+            entries = self._codes.sample(self.config.eval_size, self._generator("eval", 0))
             self._eval = (entries, self._to_batch(entries))
         return self._eval
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        """The order of the fixed set in `epoch` (cached for the two most recent epochs)."""
-        perm = self._perms.get(epoch)
-        if perm is None:
-            N = self.config.n_samples
-            assert N is not None
-            perm = torch.randperm(N, generator=self._generator("epoch", epoch), device=self.device)
-            if len(self._perms) >= 2:
-                self._perms.pop(min(self._perms))
-            self._perms[epoch] = perm
-        return perm
-
-    def _build_training_set(self, N: int) -> _Entries:
-        """The fixed set in CSR form (row_ptr [N+1], col [nnz] int32, val [nnz]): ~(1 − S)·n·N non-zeros."""
-        cols, vals, row_ptrs = [], [], [torch.zeros(1, dtype=torch.int64, device=self.device)]
-        for chunk, start in enumerate(range(0, N, _SET_CHUNK)):
-            row_ptr, col, val = self._sample_entries(min(_SET_CHUNK, N - start), self._generator("train_set", chunk))
-            row_ptrs.append(row_ptr[1:] + row_ptrs[-1][-1])
-            cols.append(col.to(torch.int32))
-            vals.append(val)
-        return torch.cat(row_ptrs), torch.cat(cols), torch.cat(vals)
-
-    def _set_rows(self, rows: torch.Tensor) -> _Entries:
-        """The entries (CSR) of the fixed-set samples `rows`, in that order (vectorised gather)."""
-        assert self._set is not None
-        row_ptr, col, val = self._set
-        starts = row_ptr[rows]
-        counts = row_ptr[rows + 1] - starts
-        out_ptr = torch.zeros(len(rows) + 1, dtype=torch.int64, device=self.device)
-        out_ptr[1:] = counts.cumsum(0)
-        total = int(out_ptr[-1])
-        offsets = torch.arange(total, device=self.device) - torch.repeat_interleave(out_ptr[:-1], counts)
-        positions = torch.repeat_interleave(starts, counts) + offsets
-        return out_ptr, col[positions].long(), val[positions]
 
 
 register_source("lrb", LRBConfig, LRBSource)

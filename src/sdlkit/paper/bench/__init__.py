@@ -3,8 +3,8 @@ the Linear Representation Bench; and SynthSAEBench's published comparison on its
 
 presets.py (tables, settings, scales), recipes.py (rows and their recipes), spec.py (BenchSpec and the run
 plan), scoring.py (recovery and encoder geometry), reference.py (chance, oracle, dictionary learning),
-run.py (training, resume, records), report.py (report.md and plots); synth.py and synth_report.py (the
-SynthSAEBench presets `synth` and `synth-16k`).
+run.py (training, resume, records), report.py (report.md, from report_text.py, report_tables.py and
+report_plots.py); synth.py and synth_report.py (the SynthSAEBench presets `synth` and `synth-16k`).
 """
 
 from sdlkit.paper.bench.presets import BENCH_PRESETS, SCALES, Preset, Scale, Setting

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from sdlkit.data.lrb.source import LRBConfig
+from sdlkit.data.lrb.config import LRBConfig
 from sdlkit.errors import ConfigError, check_matrix
 from sdlkit.paper.theory._util import Sigma, check_features, moments_vector
 
