@@ -340,8 +340,7 @@ class Trainer:
             return
         W_E, W_D = self.model.W_E, self.model.W_D
         pull_E, pull_D = anchor_pull(W_E.detach(), W_D.detach(), self.clip_exempt, self.model.config.unit_norm_decoder)
-        k = pull_E.shape[0]
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grads, k = [p.grad for p in self.model.parameters() if p.grad is not None], pull_E.shape[0]
         clip_grads_except(grads, [(W_E.grad[:k], pull_E), (W_D.grad[:, :k], pull_D)], max_norm)
 
     def post_step(self) -> None:
