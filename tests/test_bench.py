@@ -10,6 +10,8 @@ from sdlkit.cli.main import main
 from sdlkit.io import load_tensors
 from sdlkit.paper.bench import ALL_ROWS, BenchSpec, plan_runs, recipe
 from sdlkit.paper.bench import run as bench_module
+from sdlkit.paper.bench.presets import SCALES
+from sdlkit.paper.bench.recipes import L1_L0_LR_SCALE
 
 FIELDS = {
     "row",
@@ -236,6 +238,17 @@ def test_every_recipe_is_a_valid_method(name):
     plan = recipe(name, true_l0=2.6, steps=1000)
     sdlkit.method_config(plan.method).build_activation(512)
     assert plan.note and set(plan.data) <= {"mode", "n_sources"}
+
+
+def test_l1_and_l0_rows_train_at_their_recipe_learning_rate():
+    """ReLU and JumpReLU train at L1_L0_LR_SCALE × the scale's lr, the other rows at the scale's; --set wins."""
+    spec = BenchSpec(preset="quick", rows=["relu", "jumprelu", "topk"], frames=["tight"], references=False)
+    lrs = {(p.row, p.anchored): p.values["train"]["lr"] for p in plan_runs(spec)}
+    scale = SCALES["quick"].lr
+    assert lrs[("relu", False)] == lrs[("jumprelu", True)] == pytest.approx(L1_L0_LR_SCALE * scale)
+    assert lrs[("topk", False)] == lrs[("topk", True)] == scale
+    spec.overrides = ["train.lr=0.002"]
+    assert {p.values["train"]["lr"] for p in plan_runs(spec)} == {0.002}
 
 
 def test_set_overrides_every_run_and_is_part_of_the_bench_identity(tmp_path, capsys):
