@@ -11,7 +11,6 @@ from sdlkit.io import load_tensors
 from sdlkit.paper.bench import ALL_ROWS, BenchSpec, plan_runs, recipe
 from sdlkit.paper.bench import run as bench_module
 from sdlkit.paper.bench.presets import SCALES
-from sdlkit.paper.bench.recipes import L1_L0_LR_SCALE
 
 FIELDS = {
     "row",
@@ -240,13 +239,16 @@ def test_every_recipe_is_a_valid_method(name):
     assert plan.note and set(plan.data) <= {"mode", "n_sources"}
 
 
-def test_l1_and_l0_rows_train_at_their_recipe_learning_rate():
-    """ReLU and JumpReLU train at L1_L0_LR_SCALE × the scale's lr, the other rows at the scale's; --set wins."""
-    spec = BenchSpec(preset="quick", rows=["relu", "jumprelu", "topk"], frames=["tight"], references=False)
+def test_relu_and_jumprelu_train_at_4x_the_lr_at_the_quick_scale_only():
+    """The quick scale's ReLU and JumpReLU rows train at 4 × its lr, the other rows and every row at the paper
+    scale at the scale's lr; --set wins."""
+    rows = ["relu", "jumprelu", "topk"]
+    spec = BenchSpec(preset="quick", rows=rows, frames=["tight"], references=False)
     lrs = {(p.row, p.anchored): p.values["train"]["lr"] for p in plan_runs(spec)}
-    scale = SCALES["quick"].lr
-    assert lrs[("relu", False)] == lrs[("jumprelu", True)] == pytest.approx(L1_L0_LR_SCALE * scale)
-    assert lrs[("topk", False)] == lrs[("topk", True)] == scale
+    assert lrs[("relu", False)] == lrs[("jumprelu", True)] == pytest.approx(4 * SCALES["quick"].lr)
+    assert lrs[("topk", False)] == lrs[("topk", True)] == SCALES["quick"].lr
+    paper = BenchSpec(preset="paper", rows=rows, frames=["tight"], references=False)
+    assert {p.values["train"]["lr"] for p in plan_runs(paper)} == {SCALES["paper"].lr}
     spec.overrides = ["train.lr=0.002"]
     assert {p.values["train"]["lr"] for p in plan_runs(spec)} == {0.002}
 

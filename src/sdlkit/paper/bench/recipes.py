@@ -34,23 +34,13 @@ SWEPT = {"relu": "l1_coefficient", "jumprelu": "l0_coefficient", "gated": "l1_co
 """Rows whose sparsity coefficient `--sweep` searches, and the method field it sets."""
 
 
-L1_L0_LR_SCALE = 4.0
-"""The ReLU and JumpReLU rows' learning rate, as a multiple of the scale's. At the quick scale's 1e-3 their
-penalties are far from converged after 500 steps (decoder M_GT 25–42% ReLU, 73–78% JumpReLU, seeds 0–2);
-at 4e-3 ReLU's decoder finds every feature and JumpReLU's encoder rows 97% of them on the tight frame, while
-8e-3 is worse again for JumpReLU's encoder rows (benchmarks/README, "ReLU and JumpReLU learning rate").
-Measured at the quick scale only."""
-
-
 @dataclass(frozen=True)
 class Recipe:
-    """A row's method config, its data overrides (mode, sources), a one-line rationale, and its learning
-    rate as a multiple of the scale's."""
+    """A row's method config, its data overrides (mode, sources) and a one-line rationale."""
 
     method: dict[str, Any]
     data: dict[str, Any]
     note: str
-    lr_scale: float = 1.0
 
 
 def recipe(row: str, true_l0: float, steps: int) -> Recipe:
@@ -66,15 +56,12 @@ def recipe(row: str, true_l0: float, steps: int) -> Recipe:
         "relu": Recipe(
             {"name": "relu", "l1_coefficient": 0.2, "l1_warmup_steps": warmup},
             {},
-            "L1 weighted by decoder norms, λ warmed up over the first 5% (Anthropic, April 2024); lr 4× the scale's",
-            L1_L0_LR_SCALE,
+            "L1 weighted by decoder norms, λ warmed up over the first 5% (Anthropic, April 2024)",
         ),
         "jumprelu": Recipe(
             {"name": "jumprelu", "l0_coefficient": 0.05, "bandwidth": 0.05, "init_threshold": 0.3},
             {},
-            "L0 penalty with straight-through gradients, ε = 0.05, θ₀ = 0.3 (Rajamanoharan et al. 2024b); lr 4× the "
-            "scale's",
-            L1_L0_LR_SCALE,
+            "L0 penalty with straight-through gradients, ε = 0.05, θ₀ = 0.3 (Rajamanoharan et al. 2024b)",
         ),
         "topk": Recipe(topk, {}, f"k = {k_tail}, the 98th percentile of the active count (Gao et al. 2024)"),
         "batchtopk": Recipe(

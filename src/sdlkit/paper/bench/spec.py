@@ -104,11 +104,11 @@ class RunPlan:
         return self.frame, self.setting
 
 
-def _train_values(scale: Scale, steps: int, row: str, lr_scale: float) -> dict[str, Any]:
+def _train_values(scale: Scale, steps: int, row: str) -> dict[str, Any]:
     return {
         "steps": steps,
         "batch_size": scale.batch_size,
-        "lr": scale.lr * lr_scale,
+        "lr": scale.lr * scale.row_lr_scale.get(row, 1.0),
         "lr_warmup_steps": max(1, steps // 20),
         "dead_window": (50 if row == "topk-auxk" else 100) * scale.batch_size,
         "log_every": max(1, steps // 10),
@@ -139,7 +139,7 @@ def plan_runs(spec: BenchSpec) -> list[RunPlan]:
                 method_values = {**plan.method, **{k: v for k, v in method_over.items() if k in plan.method}}
                 for anchored in preset.anchoring:
                     for seed in spec.seeds:
-                        train = _train_values(scale, steps, row, plan.lr_scale)
+                        train = _train_values(scale, steps, row)
                         if anchored:
                             train["anchors"] = {
                                 "count": n_anchors,
