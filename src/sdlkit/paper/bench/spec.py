@@ -104,13 +104,16 @@ class RunPlan:
         return self.frame, self.setting
 
 
-def _train_values(scale: Scale, steps: int, row: str) -> dict[str, Any]:
+def train_values(scale: Scale, steps: int, row: str, dead_batches: int | None = None) -> dict[str, Any]:
+    """A bench run's train section at `scale`: the row's lr, a 5% warm-up, 10 log lines, 4 checkpoints (the
+    last one kept). A latent is dead after `dead_batches` silent batches (default: 50 for AuxK's row, else 100)."""
+    dead_batches = dead_batches if dead_batches is not None else (50 if row == "topk-auxk" else 100)
     return {
         "steps": steps,
         "batch_size": scale.batch_size,
         "lr": scale.lr * scale.row_lr_scale.get(row, 1.0),
         "lr_warmup_steps": max(1, steps // 20),
-        "dead_window": (50 if row == "topk-auxk" else 100) * scale.batch_size,
+        "dead_window": dead_batches * scale.batch_size,
         "log_every": max(1, steps // 10),
         "checkpoint_every": max(1, steps // 4),
         "keep_checkpoints": 1,
@@ -139,7 +142,7 @@ def plan_runs(spec: BenchSpec) -> list[RunPlan]:
                 method_values = {**plan.method, **{k: v for k, v in method_over.items() if k in plan.method}}
                 for anchored in preset.anchoring:
                     for seed in spec.seeds:
-                        train = _train_values(scale, steps, row)
+                        train = train_values(scale, steps, row)
                         if anchored:
                             train["anchors"] = {
                                 "count": n_anchors,

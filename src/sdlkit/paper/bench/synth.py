@@ -25,9 +25,9 @@ from sdlkit.data.synth import SynthSource
 from sdlkit.eval.recovery import dictionary_recovery
 from sdlkit.eval.synth_metrics import sample_pairs, synth_metrics
 from sdlkit.io import save_tensors, write_json_atomically
-from sdlkit.paper.bench.presets import BENCH_PRESETS, Scale
+from sdlkit.paper.bench.presets import BENCH_PRESETS
 from sdlkit.paper.bench.run import RESULTS, coefficient_trials, prepare_folder
-from sdlkit.paper.bench.spec import BenchSpec
+from sdlkit.paper.bench.spec import BenchSpec, train_values
 from sdlkit.paper.bench.synth_report import write_synth_report
 from sdlkit.train import Trainer, TrainResult
 from sdlkit.train.checkpoint import list_checkpoints
@@ -75,19 +75,6 @@ def synth_method(row: str, l0: int, steps: int) -> dict[str, Any]:
     raise ValueError(f"the synth bench has no recipe for row {row!r}; rows: batchtopk, matryoshka, relu, jumprelu")
 
 
-def _train_values(scale: Scale, steps: int) -> dict[str, Any]:
-    return {
-        "steps": steps,
-        "batch_size": scale.batch_size,
-        "lr": scale.lr,
-        "lr_warmup_steps": max(1, steps // 20),
-        "dead_window": 50 * scale.batch_size,  # AuxK's notion of dead: silent for 50 batches
-        "log_every": max(1, steps // 10),
-        "checkpoint_every": max(1, steps // 4),
-        "keep_checkpoints": 1,
-    }
-
-
 def synth_plans(spec: BenchSpec) -> list[SynthPlan]:
     """Every run of a synth bench, in order (settings × rows × seeds)."""
     preset, scale = BENCH_PRESETS[spec.preset], spec.scale
@@ -106,7 +93,7 @@ def synth_plans(spec: BenchSpec) -> list[SynthPlan]:
                         "init_encoder_norm": 1.0,
                         "method": synth_method(row, l0, steps),
                     },
-                    "train": _train_values(scale, steps),
+                    "train": train_values(scale, steps, row, dead_batches=50),  # AuxK: dead after 50 silent batches
                     "seed": seed,
                     "device": spec.device,
                 }
