@@ -1,0 +1,1 @@
+"""Arrays a user already has (`.npy`, `.safetensors`, `.pt`) as training data."""
