@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import yaml
 from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
@@ -27,7 +26,9 @@ from sdlkit.data import (
     synth,  # noqa: F401  (registers kind "synth")
 )
 from sdlkit.data.source import DataConfig, data_config
+from sdlkit.devices import resolve_device
 from sdlkit.errors import STRICT_CONFIG, ConfigError, describe_validation_error
+from sdlkit.harvest import source as _model_source  # noqa: F401  (registers kind "model")
 
 RESAMPLE_SEED_OFFSET = 1_000_003
 """Resampling at step t draws from a generator seeded with seed + this + t: no state to save."""
@@ -186,21 +187,6 @@ def data_section(value: Any) -> DataConfig:
     if isinstance(value, Mapping) and "kind" not in value:
         value = {"kind": "store" if "store" in value else "lrb", **value}
     return data_config(value)
-
-
-def resolve_device(device: str) -> str:
-    """'auto' → cuda if available else cpu; refuse a device this machine does not have."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available here; use cpu or auto")
-    if parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or auto")
-    return device
 
 
 # ----- errors ------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sdlkit.cli.options import add_device, add_json, add_seed, command, print_json
+from sdlkit.cli.options import add_device, add_json, add_seed, comma_list, command, print_json
 from sdlkit.errors import SdlkitError
 
 
@@ -18,7 +18,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "The config has data, model (with its method) and train sections; see configs/ for examples.\n"
         "Writes checkpoints and metrics.jsonl into --out; --resume continues bit-identically.",
     )
-    train.add_argument("--config", required=True, help="YAML file with data, model (with method) and train sections")
+    train.add_argument(
+        "--config", default=None, help="YAML file with data, model (with method) and train sections (or use --model)"
+    )
+    train.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME_OR_PATH",
+        help="train straight from this live model (sets data: {kind: model}; nothing is written to disk but the run)",
+    )
+    train.add_argument("--modules", default=None, help="with --model: the modules to record, as harvest takes them")
+    train.add_argument("--data", default=None, help="with --model: the texts (.txt, .jsonl, .parquet or a hub dataset)")
     train.add_argument(
         "--set",
         action="append",
@@ -48,6 +58,26 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     info.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
     add_json(info, "the checkpoint's config and tensor shapes")
     info.set_defaults(func=cmd_info)
+
+
+def _values(args: argparse.Namespace, load_yaml) -> dict:
+    """The config's values, with a live-model data section from --model/--modules/--data when given."""
+    if args.config is None and args.model is None:
+        raise SdlkitError("give --config FILE, or --model NAME --modules M --data FILE to train from a live model")
+    values = load_yaml(args.config) if args.config else {}
+    if args.model is None:
+        if args.modules is not None or args.data is not None:
+            raise SdlkitError("--modules and --data go with --model (a live model); a config names a store's modules")
+        return values
+    if args.modules is None or args.data is None:
+        raise SdlkitError("--model needs --modules (e.g. --modules transformer.h.6) and --data (a text file)")
+    data = values.get("data") if isinstance(values.get("data"), dict) else {}
+    data = data if data.get("kind") == "model" else {}
+    modules = comma_list(args.modules)
+    values["data"] = {**data, "kind": "model", "model": args.model, "modules": modules, "data": args.data}
+    if "model" not in values and not any(a.startswith("model.") for a in args.set):
+        raise SdlkitError("--model without --config: give the dictionary's size, e.g. --set model.n_latents=16384")
+    return values
 
 
 def _overrides(args: argparse.Namespace, values: dict) -> list[str]:
@@ -99,9 +129,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sdlkit.io import check_output_folder, remove_owned_folder
     from sdlkit.train import Trainer, distributed
 
-    values = load_yaml(args.config)
+    values = _values(args, load_yaml)
     config = run_config(values, _overrides(args, values))
-    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    out = Path(args.out or Path("runs") / (Path(args.config).stem if args.config else Path(args.model).name))
     dist, device = distributed.from_environment(config.device)  # under torchrun: join the group
     try:
         if dist is None or dist.is_main:
@@ -116,6 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer(config, source, out, dist=dist)
         result = trainer.fit(resume=args.resume)
     finally:
+        if "source" in locals() and hasattr(source, "close"):
+            source.close()
         distributed.shutdown()
     if trainer.is_main:
         _print_result(args, config, source, trainer, result)
@@ -188,6 +220,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _data_name(data: dict) -> str:
+    if data.get("kind") == "model":
+        models = data["model"] if isinstance(data["model"], str) else ", ".join(data["model"])
+        return f"live model {models} ({', '.join(data.get('inputs') or data['modules'])}) on {data['data']}"
     if "store" in data:
         modules = data.get("inputs") or ["all modules"]
         targets = f" -> {', '.join(data['targets'])}" if data.get("targets") else ""

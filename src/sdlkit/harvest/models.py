@@ -15,8 +15,12 @@ embedding); `i:` picks the i-th model when several are harvested (crosscoders). 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import re
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,7 +46,7 @@ def parse_dtype(name: str, option: str = "dtype") -> torch.dtype:
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """`auto` is the GPU when there is one, else the CPU; asking for CUDA without one is an error."""
-    from sdlkit.config import resolve_device as resolve
+    from sdlkit.devices import resolve_device as resolve
 
     try:
         return torch.device(resolve(str(device)))
@@ -77,7 +81,8 @@ def load_model(
     _check_local_path(name_or_path)
     config = _hf_call(transformers.AutoConfig.from_pretrained, name_or_path, trust_remote_code=trust_remote_code)
     model_class = _model_class(config, transformers)
-    model = _hf_call(model_class.from_pretrained, name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+    with _loading_bar(transformers):
+        model = _hf_call(model_class.from_pretrained, name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
     model.eval().requires_grad_(False).to(resolve_device(device))
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
@@ -93,6 +98,28 @@ def load_model(
     tokenizer = _hf_call(transformers.AutoTokenizer.from_pretrained, name_or_path, trust_remote_code=trust_remote_code)
     prepare_tokenizer(tokenizer, name_or_path)
     return LoadedModel(name_or_path, model, kind, tokenizer=tokenizer)
+
+
+@contextlib.contextmanager
+def _loading_bar(transformers: Any) -> Iterator[None]:
+    """transformers' weight-loading bar on a terminal only: a log file or a captured stderr gets none."""
+    hf_logging = transformers.utils.logging
+    quiet = not sys.stderr.isatty() and hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
+
+
+@functools.lru_cache(maxsize=2)
+def loaded_models(names: tuple[str, ...], device: str, dtype: str, trust: bool) -> tuple[LoadedModel, ...]:
+    """The models, loaded once per process for each (names, device, dtype): the config's shape probe and the
+    source share them."""
+    torch_dtype = parse_dtype(dtype, "data.model_dtype")
+    return tuple(load_model(n, device=device, dtype=torch_dtype, trust_remote_code=trust) for n in names)
 
 
 def _check_local_path(name: str) -> None:

@@ -86,6 +86,13 @@ class RankSlice:
         return getattr(self.source, name)
 
 
+def rank_source(source: Any, rank: int, world_size: int) -> Any:
+    """What rank `rank` of `world_size` trains on: the source's own shard when it has one (a live model runs
+    each rank on its own texts, `shard(rank, world_size)`), else its slice of every global batch (RankSlice)."""
+    shard = getattr(source, "shard", None)
+    return shard(rank, world_size) if shard is not None else RankSlice(source, rank, world_size)
+
+
 def local_batch_size(batch_size: int, world_size: int) -> int:
     """B/W, or a ConfigError when the global batch does not split evenly over the ranks."""
     if batch_size % world_size:

@@ -42,12 +42,12 @@ from sdlkit.train.checkpoint import (
 )
 from sdlkit.train.distributed import (
     DistContext,
-    RankSlice,
     any_rank,
     average_gradients,
     gather_rows,
     local_batch_size,
     mean_over_ranks,
+    rank_source,
 )
 from sdlkit.train.loop import Accumulator, StepLosses, adam, clip_grads_except, run, train_step
 from sdlkit.train.resample import DeadLatents, resample_dead_latents
@@ -90,7 +90,7 @@ class Trainer:
         self.local_batch = (
             self.cfg.batch_size if dist is None else local_batch_size(self.cfg.batch_size, dist.world_size)
         )
-        self.source = source if dist is None else RankSlice(source, dist.rank, dist.world_size)
+        self.source = source if dist is None else rank_source(source, dist.rank, dist.world_size)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = torch.device(config.device)
         if (source.n_in, source.n_out) != (config.model.n_in, config.model.n_out):
