@@ -15,10 +15,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         sub,
         "train",
         "train a dictionary from a YAML config",
-        "The config has data, model (with its method) and train sections; see configs/ for examples.\n"
+        "The config has data, model (with its method) and train sections: `sdlkit config show` lists every field\n"
+        "with its default and doc, `sdlkit config example NAME --out FILE` writes a commented example.\n"
         "Writes checkpoints and metrics.jsonl into --out; --resume continues bit-identically.",
     )
-    train.add_argument("--config", required=True, help="YAML file with data, model (with method) and train sections")
+    train.add_argument(
+        "--config",
+        required=True,
+        help="YAML file with data, model (with method) and train sections (start from `sdlkit config example`)",
+    )
     train.add_argument(
         "--set",
         action="append",
