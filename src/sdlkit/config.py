@@ -101,10 +101,13 @@ class TrainConfig(BaseModel):
     steps: int = Field(1000, gt=0)
     """Optimiser steps."""
     batch_size: int = Field(4096, gt=0)
+    """Rows per optimiser step (split across ranks under torchrun)."""
     lr: float = Field(4e-4, gt=0)
+    """Adam's peak learning rate (after warm-up, before decay)."""
     betas: tuple[float, float] = Field((0.9, 0.999), strict=False)
     """Adam's (β1, β2); a YAML or JSON list is fine."""
     adam_eps: float = Field(1e-8, gt=0)
+    """Adam's ε, added to the root of the second-moment estimate."""
     lr_warmup_steps: int = Field(0, ge=0)
     """Linear learning-rate warm-up from 0."""
     lr_decay: Literal["none", "linear", "cosine"] = "linear"
@@ -144,11 +147,13 @@ class RunConfig(BaseModel):
     model_config = STRICT_CONFIG
 
     data: SerializeAsAny[DataConfig]
-    """The data, by `kind` (see sdlkit.data.source): the Linear Representation Bench (kind: lrb;
-    {preset: quick} plus any overrides), or harvested activations (kind: store; {store: PATH, inputs:
-    [...], targets: [...]}). Without `kind`, a section is a store when it names one, else the bench."""
+    """The data, by `kind`: a registered data source (see sdlkit.data.source; `sdlkit config show --data KIND`
+    lists a kind's fields). Without `kind`, a section is a store when it names one (`{store: PATH}`), else the
+    Linear Representation Bench (`{preset: quick}` plus any overrides)."""
     model: ModelConfig
+    """The dictionary: its width, constraints and method."""
     train: TrainConfig = Field(default_factory=TrainConfig)
+    """Optimiser, schedules, logging and checkpoints."""
     seed: int = 0
     """Seeds the model's initialisation and every random choice in training (not the data's ground
     truth, which `data.seed` fixes)."""

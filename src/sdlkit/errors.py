@@ -13,9 +13,11 @@ from typing import Any
 import torch
 from pydantic import ConfigDict
 
-STRICT_CONFIG = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+STRICT_CONFIG = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True)
 """The pydantic settings of every config section: an unknown option is an error, and so is a value of
-another type (`k: true` is not k = 1, `steps: 1.5` is not 1) and an infinite or NaN float (`lr: .inf`)."""
+another type (`k: true` is not k = 1, `steps: 1.5` is not 1) and an infinite or NaN float (`lr: .inf`).
+The docstring under a field becomes its `description`, which `help()`, `model_json_schema()` and
+`sdlkit config show` print."""
 
 
 class SdlkitError(ValueError):
@@ -74,16 +76,16 @@ def _fields_at(model_cls: Any, path: list[str]) -> list[str]:
     for part in path:
         if model_cls is None or part not in getattr(model_cls, "model_fields", {}):
             return []
-        model_cls = _model_in(model_cls.model_fields[part].annotation)
+        model_cls = model_in(model_cls.model_fields[part].annotation)
     return list(getattr(model_cls, "model_fields", {}))
 
 
-def _model_in(annotation: Any) -> Any:
+def model_in(annotation: Any) -> Any:
     """The pydantic model class inside an annotation such as `X | None` or `Annotated[X, ...]`."""
     if hasattr(annotation, "model_fields"):
         return annotation
     for arg in typing.get_args(annotation):
-        found = _model_in(arg)
+        found = model_in(arg)
         if found is not None:
             return found
     return None

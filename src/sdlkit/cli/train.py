@@ -15,11 +15,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         sub,
         "train",
         "train a dictionary from a YAML config",
-        "The config has data, model (with its method) and train sections; see configs/ for examples.\n"
+        "The config has data, model (with its method) and train sections: `sdlkit config show` lists every field\n"
+        "with its default and doc, `sdlkit config example NAME --out FILE` writes a commented example.\n"
         "Writes checkpoints and metrics.jsonl into --out; --resume continues bit-identically.",
     )
     train.add_argument(
-        "--config", default=None, help="YAML file with data, model (with method) and train sections (or use --model)"
+        "--config",
+        default=None,
+        help="YAML file with data, model (with method) and train sections (start from `sdlkit config example`; "
+        "or use --model)",
     )
     train.add_argument(
         "--model",

@@ -66,6 +66,7 @@ class ModelConfig(BaseModel):
     rows turn toward their features faster before TopK's competition silences them (quick LRB TopK:
     encoder M_GT 0.89 → 0.99, never-fired latents 36% → 0.2%; benchmarks/README.md, "TopK recipes")."""
     dtype: Literal["float32", "float64", "bfloat16"] = "float32"
+    """Dtype of the weights (and of the optimiser state)."""
     method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_config("topk"))
     """σ and its loss terms, e.g. {name: topk, k: 32}."""
     kernel: Literal["auto", "dense", "sparse"] = "auto"

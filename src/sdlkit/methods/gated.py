@@ -87,9 +87,11 @@ class GatedConfig(MethodConfig):
     """Gated SAE: L1 on the gate, an auxiliary gate reconstruction through the frozen decoder."""
 
     name: Literal["gated"] = "gated"
+    """Method tag: Gated SAE."""
     l1_coefficient: float = Field(0.1, ge=0)
     """λ of the L1 penalty on ReLU(π_gate), weighted by decoder norms."""
     l1_warmup_steps: int = Field(0, ge=0)
+    """λ rises linearly from 0 over this many steps."""
     aux_coefficient: float = Field(1.0, ge=0)
     """Weight of the frozen-decoder gate reconstruction (Rajamanoharan et al.: 1)."""
     exchange: ClassVar[dict[str, Exchange | str]] = {

@@ -145,6 +145,7 @@ class JumpReLUConfig(MethodConfig):
     """JumpReLU SAE trained on reconstruction plus an L0 penalty."""
 
     name: Literal["jumprelu"] = "jumprelu"
+    """Method tag: JumpReLU."""
     l0_coefficient: float = Field(0.01, ge=0)
     """λ of the L0 penalty."""
     l0_warmup_steps: int = Field(0, ge=0)

@@ -22,6 +22,7 @@ class MatryoshkaConfig(MethodConfig):
     """Matryoshka SAE over TopK or BatchTopK."""
 
     name: Literal["matryoshka"] = "matryoshka"
+    """Method tag: Matryoshka."""
     topk_family = True
     init_encoder_norm = 0.1  # see ModelConfig.init_encoder_norm
     k: int = Field(32, ge=1)
@@ -34,7 +35,9 @@ class MatryoshkaConfig(MethodConfig):
     prefix_weights: list[float] | None = None
     """λ_j, one per prefix; default 1 each (eq. 9's plain sum)."""
     threshold_momentum: float = Field(0.99, ge=0, lt=1)
+    """selection 'batchtopk' only: EMA momentum of the inference threshold θ."""
     auxk: AuxKConfig | None = None
+    """Gao et al.'s AuxK loss for dead latents; None = off."""
 
     def resolved_prefixes(self, n_latents: int) -> list[int]:
         if self.prefixes is None:

@@ -33,6 +33,7 @@ class ReLUConfig(MethodConfig):
     """ReLU SAE trained with an L1 penalty on the codes."""
 
     name: Literal["relu"] = "relu"
+    """Method tag: ReLU with an L1 penalty."""
     l1_coefficient: float = Field(0.1, ge=0)
     """λ in E[‖x_r − x̂_r‖² + λ Σ_i |x_q,i| w_i]."""
     l1_warmup_steps: int = Field(0, ge=0)

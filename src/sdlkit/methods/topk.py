@@ -114,6 +114,7 @@ class TopKConfig(MethodConfig):
     """TopK SAE: exactly k active latents per sample; no sparsity penalty needed."""
 
     name: Literal["topk"] = "topk"
+    """Method tag: TopK."""
     topk_family = True
     init_encoder_norm = 0.1  # see ModelConfig.init_encoder_norm
     k: int = Field(32, ge=1)
@@ -135,6 +136,7 @@ class BatchTopKConfig(MethodConfig):
     """BatchTopK SAE: k·batch active latents per batch, a learned threshold at inference."""
 
     name: Literal["batchtopk"] = "batchtopk"
+    """Method tag: BatchTopK."""
     topk_family = True
     init_encoder_norm = 0.1  # see ModelConfig.init_encoder_norm
     k: int = Field(32, ge=1)
@@ -142,6 +144,7 @@ class BatchTopKConfig(MethodConfig):
     threshold_momentum: float = Field(0.99, ge=0, lt=1)
     """EMA momentum of the inference threshold θ."""
     auxk: AuxKConfig | None = None
+    """Gao et al.'s AuxK loss for dead latents; None = off."""
     exchange: ClassVar[dict[str, Exchange | str]] = {
         "saelens": Exchange("jumprelu", _write_batchtopk_saelens, transcoder="jumprelu_transcoder"),
         "sparsify": "uses a BatchTopK threshold at inference, which sparsify's per-sample TopK cannot express: "

@@ -14,34 +14,27 @@ from sdlkit.store.format import read_manifest
 class StoreDataConfig(DataConfig):
     """Which store, which modules feed x_p and x_r, and how rows are normalised, shuffled and held out."""
 
-    kind: Literal["store"] = Field("store", description="Data kind tag: an activation store on disk.")
-    store: str = Field(description="Path of the store folder (written by the harvester).")
-    inputs: list[str] | None = Field(
-        None, description="Modules concatenated (in this order) into x_p; default: every module of the store."
-    )
-    targets: list[str] | None = Field(
-        None,
-        description="Modules concatenated into x_r; default: the inputs (an SAE; x_r is then the same tensor). "
-        "A transcoder names the MLP output here, a crosscoder the same list as inputs.",
-    )
-    normalize: bool = Field(
-        False,
-        description="Scale each module by 1/sqrt(E‖x‖²) so that E‖x‖² = 1 (per module, from the store's "
-        "statistics); sdlkit.store.fold_scales turns a model trained this way into one for raw activations.",
-    )
-    shuffle_buffer: int = Field(
-        262144,
-        ge=1,
-        description="Rows held in memory for shuffling: rows are permuted within windows of about this size.",
-    )
-    eval_rows: int = Field(
-        4096,
-        ge=1,
-        description="Held-out rows for evaluation, never trained on: the last rows of the store, extended back to "
-        "the start of their first dataset sample so that no sample is split between training and evaluation.",
-    )
-    seed: int = Field(0, description="Seeds the shard and row order of every epoch.")
-    verify: bool = Field(True, description="Check each shard's SHA-256 when it is first loaded.")
+    kind: Literal["store"] = "store"
+    """Data kind tag: an activation store on disk."""
+    store: str
+    """Path of the store folder (written by the harvester)."""
+    inputs: list[str] | None = None
+    """Modules concatenated (in this order) into x_p; default: every module of the store."""
+    targets: list[str] | None = None
+    """Modules concatenated into x_r; default: the inputs (an SAE; x_r is then the same tensor). A transcoder names the
+    MLP output here, a crosscoder the same list as inputs."""
+    normalize: bool = False
+    """Scale each module by 1/sqrt(E‖x‖²) so that E‖x‖² = 1 (per module, from the store's statistics);
+    sdlkit.store.fold_scales turns a model trained this way into one for raw activations."""
+    shuffle_buffer: int = Field(262144, ge=1)
+    """Rows held in memory for shuffling: rows are permuted within windows of about this size."""
+    eval_rows: int = Field(4096, ge=1)
+    """Held-out rows for evaluation, never trained on: the last rows of the store, extended back to the start of their
+    first dataset sample so that no sample is split between training and evaluation."""
+    seed: int = 0
+    """Seeds the shard and row order of every epoch."""
+    verify: bool = True
+    """Check each shard's SHA-256 when it is first loaded."""
 
     @field_validator("store")
     @classmethod

@@ -27,76 +27,58 @@ class LRBConfig(DataConfig):
     """Settings of the Linear Representation Bench (the `data:` section of a run config). `preset: NAME`
     starts from the named `LRB_PRESETS` entry; the other keys override it."""
 
-    kind: Literal["lrb"] = Field("lrb", description="Data kind tag: the Linear Representation Bench.")
-    mode: Literal["sae", "transcoder", "crosscoder"] = Field(
-        "sae",
-        description="sae: x_r is x_p. transcoder: x_r = W_r x with an independent W_r [n_r, n]. "
-        "crosscoder: n_sources independent W_p^(j), x_p = x_r = their outputs concatenated.",
-    )
-    n_features: int = Field(gt=0, description="n, the number of ground-truth features (> 0).")
-    n_p: int = Field(gt=0, description="Dimension of x_p (of each source for a crosscoder) (> 0).")
-    n_r: int | None = Field(
-        None, gt=0, description="Transcoder only: dimension of x_r (> 0); None = n_p. Not allowed in other modes."
-    )
-    n_sources: int = Field(1, description="Crosscoder m, the number of sources (>= 2); must be 1 otherwise.")
-    S: float = Field(description="Sparsity Pr(x_d = 0), in [0, 1); each feature is active with probability 1 − S.")
-    M: float = Field(description="Maximum interference: max_{i != j} <w_i, w_j> <= M for the columns of W_p (and W_r).")
-    c_min: float = Field(
-        0.5,
-        ge=0,
-        description="Minimum activation of an active feature (>= 0). Default 0.5 (paper gives none): with "
-        "beta = 0.5 an active feature has mean magnitude c_min + beta = 1, and it never falls below half "
-        "of that, so every active feature stays visible above the interference (<= M each) of the "
-        "~n(1 − S) other active ones instead of hiding in a tail of near-zero activations.",
-    )
-    beta: float = Field(
-        0.5,
-        gt=0,
-        description="Scale (= mean = std) of the exponential part of an active feature's magnitude (> 0). "
-        "Default 0.5 so that the mean magnitude c_min + beta is 1 with a 2:1 spread of typical values.",
-    )
-    n_samples: int | None = Field(
-        None,
-        gt=0,
-        description="None: a fresh sample for every batch (infinite stream). N: a fixed training set of N "
-        "samples (the paper's N = 100,000), stored sparsely on the device and reshuffled every epoch.",
-    )
-    eval_size: int = Field(
-        4096, ge=1, description="Size of the fixed held-out evaluation set (> 0), from its own seed stream."
-    )
-    seed: int = Field(0, description="Seeds everything in the data: W_p, W_r, training samples, evaluation set.")
-    frame: Literal["gaussian", "tight"] = Field(
-        "gaussian",
-        description="How W_p (and W_r, and every crosscoder block) is drawn before the interference PGD. "
-        "gaussian: App. C as written (an i.i.d. Gaussian draw; cond(W_p W_pᵀ) ≈ 150-210 at the presets). "
-        "tight: the draw mapped to its nearest tight frame, (W Wᵀ)^{-t/2} W with t = `tightness`, then "
-        "unit columns (cond ≈ 1.1-1.3 at t = 1). The same M holds on both.",
-    )
-    tightness: float | None = Field(
-        None,
-        ge=0.0,
-        le=1.0,
-        description="frame: tight only: t in [0, 1], the continuous knob between the Gaussian draw (t = 0, "
-        "bit-identical to frame gaussian) and the tight frame (t = 1, the default).",
-    )
-    interference_eps: float = Field(
-        DEFAULT_EPS,
-        gt=0,
-        description="Margin ε of the interference loss (see sdlkit.data.lrb.features.make_feature_matrix).",
-    )
-    interference_lam: float = Field(
-        DEFAULT_LAM, ge=0, description="Weight λ of the positive-overlap penalty of the interference loss (>= 0)."
-    )
-    interference_lr: float = Field(DEFAULT_LR, gt=0, description="Base step η of the interference PGD (> 0).")
-    interference_max_iters: int = Field(
-        DEFAULT_MAX_ITERS, ge=1, description="Iteration limit of the interference PGD (>= 1)."
-    )
-    hierarchy: HierarchyConfig | None = Field(
-        None,
-        description="None: all features independent (the paper's bench). Otherwise {n_parents, "
-        "children_per_parent, depth}: the first n_parents·(1 + b + … + b^depth) features form trees in which "
-        "a parent is active iff one of its children is (Def 3.2); see sdlkit.data.lrb.hierarchy for the layout.",
-    )
+    kind: Literal["lrb"] = "lrb"
+    """Data kind tag: the Linear Representation Bench."""
+    mode: Literal["sae", "transcoder", "crosscoder"] = "sae"
+    """sae: x_r is x_p. transcoder: x_r = W_r x with an independent W_r [n_r, n]. crosscoder: n_sources
+    independent W_p^(j), x_p = x_r = their outputs concatenated."""
+    n_features: int = Field(gt=0)
+    """n, the number of ground-truth features (> 0)."""
+    n_p: int = Field(gt=0)
+    """Dimension of x_p (of each source for a crosscoder) (> 0)."""
+    n_r: int | None = Field(None, gt=0)
+    """Transcoder only: dimension of x_r (> 0); None = n_p. Not allowed in other modes."""
+    n_sources: int = 1
+    """Crosscoder m, the number of sources (>= 2); must be 1 otherwise."""
+    S: float
+    """Sparsity Pr(x_d = 0), in [0, 1); each feature is active with probability 1 − S."""
+    M: float
+    """Maximum interference: max_{i != j} <w_i, w_j> <= M for the columns of W_p (and W_r)."""
+    c_min: float = Field(0.5, ge=0)
+    """Minimum activation of an active feature (>= 0). Default 0.5 (paper gives none): with beta = 0.5 an active feature
+    has mean magnitude c_min + beta = 1, and it never falls below half of that, so every active feature stays visible
+    above the interference (<= M each) of the ~n(1 − S) other active ones instead of hiding in a tail of near-zero
+    activations."""
+    beta: float = Field(0.5, gt=0)
+    """Scale (= mean = std) of the exponential part of an active feature's magnitude (> 0). Default 0.5 so that the mean
+    magnitude c_min + beta is 1 with a 2:1 spread of typical values."""
+    n_samples: int | None = Field(None, gt=0)
+    """None: a fresh sample for every batch (infinite stream). N: a fixed training set of N samples (the paper's
+    N = 100,000), stored sparsely on the device and reshuffled every epoch."""
+    eval_size: int = Field(4096, ge=1)
+    """Size of the fixed held-out evaluation set (> 0), from its own seed stream."""
+    seed: int = 0
+    """Seeds everything in the data: W_p, W_r, training samples, evaluation set."""
+    frame: Literal["gaussian", "tight"] = "gaussian"
+    """How W_p (and W_r, and every crosscoder block) is drawn before the interference PGD. gaussian: App. C as written
+    (an i.i.d. Gaussian draw; cond(W_p W_pᵀ) ≈ 150-210 at the presets). tight: the draw mapped to its nearest tight
+    frame, (W Wᵀ)^{-t/2} W with t = `tightness`, then unit columns (cond ≈ 1.1-1.3 at t = 1). The same M holds on
+    both."""
+    tightness: float | None = Field(None, ge=0.0, le=1.0)
+    """frame: tight only: t in [0, 1], the continuous knob between the Gaussian draw (t = 0, bit-identical to frame
+    gaussian) and the tight frame (t = 1, the default)."""
+    interference_eps: float = Field(DEFAULT_EPS, gt=0)
+    """Margin ε of the interference loss (see sdlkit.data.lrb.features.make_feature_matrix)."""
+    interference_lam: float = Field(DEFAULT_LAM, ge=0)
+    """Weight λ of the positive-overlap penalty of the interference loss (>= 0)."""
+    interference_lr: float = Field(DEFAULT_LR, gt=0)
+    """Base step η of the interference PGD (> 0)."""
+    interference_max_iters: int = Field(DEFAULT_MAX_ITERS, ge=1)
+    """Iteration limit of the interference PGD (>= 1)."""
+    hierarchy: HierarchyConfig | None = None
+    """None: all features independent (the paper's bench). Otherwise {n_parents, children_per_parent, depth}: the first
+    n_parents·(1 + b + … + b^depth) features form trees in which a parent is active iff one of its children is
+    (Def 3.2); see sdlkit.data.lrb.hierarchy for the layout."""
 
     # ---- validators: ValueError with a message that names the field and the allowed values ----
     @model_validator(mode="before")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ValidationInfo, field_validator
 
 from sdlkit.errors import STRICT_CONFIG
 
@@ -36,20 +36,18 @@ __all__ = ["Hierarchy", "HierarchyConfig", "impose_hierarchy"]
 
 
 class HierarchyConfig(BaseModel):
-    """`data.hierarchy`: trees of parent/child features placed at the start of [0, n) (Def 3.2)."""
+    """Trees of parent/child features placed at the start of [0, n) (Def 3.2): the bench's `data.hierarchy`."""
 
     model_config = STRICT_CONFIG
 
-    n_parents: int = Field(description="Number of trees, i.e. of top-level (root) parent features (>= 1).")
-    children_per_parent: int = Field(
-        description="Branching b: how many children every non-leaf node has (>= 2; one child would be the "
-        "parent itself under Def 3.2)."
-    )
-    depth: int = Field(
-        1,
-        description="Levels below the roots (>= 1): 1 = parents with leaf children; 2 = each child also has "
-        "b children of its own; and so on. A tree has 1 + b + … + b^depth features.",
-    )
+    n_parents: int
+    """Number of trees, i.e. of top-level (root) parent features (>= 1)."""
+    children_per_parent: int
+    """Branching b: how many children every non-leaf node has (>= 2; one child would be the parent itself
+    under Def 3.2)."""
+    depth: int = 1
+    """Levels below the roots (>= 1): 1 = parents with leaf children; 2 = each child also has b children of its own; and
+    so on. A tree has 1 + b + … + b^depth features."""
 
     @field_validator("n_parents", "depth")
     @classmethod

@@ -109,26 +109,37 @@ class OrthogonalizationConfig(BaseModel):
     model_config = STRICT_CONFIG
 
     steps: int = Field(100, ge=1)
+    """Adam steps."""
     lr: float = Field(3e-4, gt=0)
+    """Adam's learning rate."""
 
 
 class SynthConfig(DataConfig):
     """A SynthSAEBench model (the `data:` section with `kind: synth`). `preset: NAME` starts from
     `SYNTH_PRESETS[NAME]`; the other keys override it (nested sections whole)."""
 
-    kind: Literal["synth"] = Field("synth", description="Data kind tag: a SynthSAEBench model.")
-    n_features: int = Field(gt=0, description="n, the number of ground-truth features.")
-    hidden_dim: int = Field(gt=0, description="d, the width of the activations x = W codes + bias.")
-    firing: FiringConfig = Field(default_factory=FiringConfig, description="Zipfian firing probabilities.")
-    hierarchy: ForestConfig | None = Field(None, description="Trees of features; None: every feature free.")
-    correlation: CorrelationConfig | None = Field(None, description="Gaussian copula; None: independent firing.")
-    magnitudes: MagnitudeConfig = Field(default_factory=MagnitudeConfig, description="Active magnitudes.")
-    orthogonalization: OrthogonalizationConfig | None = Field(
-        None, description="Push the random unit dictionary towards orthogonality; None: leave it random."
-    )
-    bias: float = Field(0.5, ge=0, description="Norm of the hidden bias added to every x (a random direction).")
-    eval_size: int = Field(4096, ge=1, description="Size of the fixed held-out set (its own seed stream).")
-    seed: int = Field(0, description="Seeds everything in the data: dictionary, bias, σ_i, factor, samples.")
+    kind: Literal["synth"] = "synth"
+    """Data kind tag: a SynthSAEBench model."""
+    n_features: int = Field(gt=0)
+    """n, the number of ground-truth features."""
+    hidden_dim: int = Field(gt=0)
+    """d, the width of the activations x = W codes + bias."""
+    firing: FiringConfig = Field(default_factory=FiringConfig)
+    """Zipfian firing probabilities."""
+    hierarchy: ForestConfig | None = None
+    """Trees of features; None: every feature free."""
+    correlation: CorrelationConfig | None = None
+    """Gaussian copula; None: independent firing."""
+    magnitudes: MagnitudeConfig = Field(default_factory=MagnitudeConfig)
+    """Active magnitudes."""
+    orthogonalization: OrthogonalizationConfig | None = None
+    """Push the random unit dictionary towards orthogonality; None: leave it random."""
+    bias: float = Field(0.5, ge=0)
+    """Norm of the hidden bias added to every x (a random direction)."""
+    eval_size: int = Field(4096, ge=1)
+    """Size of the fixed held-out set (its own seed stream)."""
+    seed: int = 0
+    """Seeds everything in the data: dictionary, bias, σ_i, factor, samples."""
 
     @model_validator(mode="before")
     @classmethod
