@@ -1,11 +1,13 @@
-"""`sdlkit eval`: how well a saved dictionary reconstructs harvested activations, and (for language
-models) what splicing its reconstruction into the model costs.
+"""`sdlkit eval`: how well a saved dictionary reconstructs activations, what splicing its reconstruction into
+a language model costs, and how well its latents line up with known directions.
 
-Reconstruction metrics stream over store rows: the held-out rows when the checkpoint was trained on
-this store (the rows its run never saw), else every row (up to `max_rows`). A checkpoint's weights are
-for raw activations (runs on normalised data save folded weights), so rows are read unscaled.
-Splice metrics (CE loss recovered, KL) re-run the harvested model on the dataset samples those rows
-came from, with the dictionary's reconstruction in place of the module's output.
+Reconstruction metrics stream over rows, from an activation store or from an array file (`.npy`,
+`.safetensors`, `.pt`, read a batch at a time, never whole): the held-out rows when the checkpoint was
+trained on that store or file (the rows its run never saw), else every row (up to `max_rows`). A
+checkpoint's weights are for raw activations (runs on normalised data save folded weights), so rows are
+read unscaled. Splice metrics (CE loss recovered, KL) re-run the harvested model on the dataset samples a
+store's rows came from, with the dictionary's reconstruction in place of the module's output. Known
+directions are scored by the bench's recovery code (`sdlkit.eval.directions`).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import torch
 
 from sdlkit.config import resolve_device
 from sdlkit.core.model import SparseDictionary
+from sdlkit.data.array.files import ArrayFile, check_finite, open_array
 from sdlkit.data.source import Batch
 from sdlkit.errors import ConfigError, ShapeError
+from sdlkit.eval.directions import DirectionFiles, load_directions, score_directions
 from sdlkit.eval.metrics import DENSE_THRESHOLD, streaming_metrics
 from sdlkit.io import load, read_config, resolve_checkpoint
 from sdlkit.options import with_overrides
@@ -79,18 +83,41 @@ class EvalOptions:
     """Also splice the dictionary into the language model: CE loss recovered and KL."""
     splice_samples: int = 64
     """Dataset samples the splice metrics run on."""
+    data: str | os.PathLike | None = None
+    """An array file of x_p rows (.npy, .safetensors, .pt) to evaluate on, instead of a store."""
+    key: str | None = None
+    """The tensor in a .safetensors/.pt `data` file that holds several."""
+    targets_data: str | os.PathLike | None = None
+    """An array file of x_r rows, row for row with `data` (None: x_r = x_p)."""
+    targets_key: str | None = None
+    """The tensor in a .safetensors/.pt `targets_data` file that holds several."""
+    directions: DirectionFiles | str | os.PathLike | None = None
+    """Known directions to score the latents against (a file: W_p, and W_r = W_p; or DirectionFiles)."""
+    tau: float = 0.95
+    """A direction counts as recovered when its best (or matched) |cos| exceeds tau."""
+    matched: bool = True
+    """Also score a one-to-one matching of latents to directions (memory grows as n_directions²)."""
 
 
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
-    store_path: str | os.PathLike,
+    store_path: str | os.PathLike | None = None,
     options: EvalOptions | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """FVU, MSE, L0, dead (never fired) and dense fractions of `checkpoint` on the rows of a store,
-    plus, with `splice`, CE loss recovered and KL with the dictionary spliced into the language model.
+    """FVU, MSE, L0, dead (never fired) and dense fractions of `checkpoint` on the rows of a store
+    (`store_path`) or of an array file (`data`); with `splice` (stores), CE loss recovered and KL with the
+    dictionary spliced into the language model; with `directions`, the bench's recovery scores against them.
+    `dead_fraction` is the bench's name for `never_fired_fraction`: latents silent on every scored row.
     `options` (or keyword overrides of its fields, e.g. `all_rows=True`): see EvalOptions."""
     options = with_overrides(EvalOptions, options, overrides, "eval")
+    if (store_path is None) == (options.data is None):
+        raise ConfigError("give the rows to evaluate on: an activation store (--store) or an array file (--data)")
+    for flag, value in (("--batch-size", options.batch_size), ("--max-rows", options.max_rows)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value} is not allowed: it must be a positive number of rows")
+    if options.splice and store_path is None:
+        raise ConfigError("--splice needs --store: it re-runs the model on the samples a store's rows came from")
     try:
         device = resolve_device(options.device)
     except ValueError as err:
@@ -98,13 +125,34 @@ def evaluate_checkpoint(
     folder = resolve_checkpoint(checkpoint)
     run_data = read_config(folder).get("run", {}).get("data")
     model = load(folder, device)
+    scores: dict[str, Any] = {}
+    if options.directions is not None:  # scored before the rows stream, so a bad file or tau fails at once
+        files = options.directions
+        directions = load_directions(model, files if isinstance(files, DirectionFiles) else DirectionFiles(files))
+        scores = score_directions(model, directions, options.tau, options.matched)
+    if store_path is not None:
+        report = {"checkpoint": str(folder), **_on_store(model, run_data, store_path, options, device)}
+    else:
+        info, batches = _array_rows(model, run_data, options)
+        report = {"checkpoint": str(folder), **info, **streaming_metrics(model, batches, options.dense_threshold)}
+    report["dead_fraction"] = report["never_fired_fraction"]
+    return report | scores
+
+
+def _on_store(
+    model: SparseDictionary,
+    run_data: dict[str, Any] | None,
+    store_path: str | os.PathLike,
+    options: EvalOptions,
+    device: str,
+) -> dict[str, Any]:
+    """The report's store part: which rows, their metrics and, with `splice`, the splice metrics."""
     store = ActivationStore(store_path)
     inputs, targets = _modules(run_data, store, options.inputs, options.targets)
     _check_widths(store, inputs, targets, model)
     start, stop, rows_kind = _row_range(run_data, store, options)
     batches = _batches(store, inputs, targets, start, stop, options.batch_size)
     report: dict[str, Any] = {
-        "checkpoint": str(folder),
         "store": str(store.path),
         "inputs": inputs,
         "targets": targets,
@@ -138,6 +186,81 @@ def _row_range(run_data: dict[str, Any] | None, store: ActivationStore, options:
         start, rows_kind = 0, "all rows"
     stop = store.rows if options.max_rows is None else min(store.rows, start + options.max_rows)
     return start, stop, rows_kind
+
+
+def _array_rows(
+    model: SparseDictionary, run_data: dict[str, Any] | None, options: EvalOptions
+) -> tuple[dict[str, Any], Iterator[Batch]]:
+    """(what is read, its batches) for `options.data` (x_p) and `options.targets_data` (x_r, else x_p)."""
+    inputs = open_array(options.data, options.key, "--data")  # type: ignore[arg-type]
+    targets = None
+    if options.targets_data is not None:
+        targets = open_array(options.targets_data, options.targets_key, "--targets-data")
+    _check_array_widths(inputs, targets, model)
+    start, stop, rows_kind = _array_row_range(run_data, inputs, options)
+    info: dict[str, Any] = {"data": str(inputs.path), "rows": f"{rows_kind} [{start}, {stop})"}
+    if targets is not None:
+        info["targets_data"] = str(targets.path)
+    return info, _array_batches(inputs, targets, start, stop, options.batch_size)
+
+
+def _array_batches(
+    inputs: ArrayFile, targets: ArrayFile | None, start: int, stop: int, batch_size: int
+) -> Iterator[Batch]:
+    """Rows [start, stop) of the files, `batch_size` at a time, as float32 batches (NaN/inf rows refused)."""
+    for lo in range(start, stop, batch_size):
+        hi = min(lo + batch_size, stop)
+        x_p = check_finite(inputs.rows(lo, hi).float(), lo, inputs)
+        x_r = x_p if targets is None else check_finite(targets.rows(lo, hi).float(), lo, targets)
+        yield Batch(x_p, x_r)
+
+
+def _check_array_widths(inputs: ArrayFile, targets: ArrayFile | None, model: SparseDictionary) -> None:
+    """ShapeError unless the files' widths are the dictionary's n_in and n_out and they have as many rows."""
+    if inputs.width != model.n_in:
+        raise ShapeError(
+            f"--data: {inputs.path} has rows of width {inputs.width} but the checkpoint reads n_in={model.n_in}"
+        )
+    if targets is None:
+        if model.n_out != model.n_in:
+            raise ShapeError(
+                f"the checkpoint writes n_out={model.n_out} (not its n_in={model.n_in}): give its targets with "
+                "--targets-data"
+            )
+        return
+    if targets.width != model.n_out:
+        raise ShapeError(
+            f"--targets-data: {targets.path} has rows of width {targets.width} but the checkpoint writes "
+            f"n_out={model.n_out}"
+        )
+    if targets.n_rows != inputs.n_rows:
+        raise ShapeError(
+            f"--targets-data has {targets.n_rows} rows but --data has {inputs.n_rows}: they must pair row for row"
+        )
+
+
+def _array_row_range(run_data: dict[str, Any] | None, file: ArrayFile, options: EvalOptions) -> tuple[int, int, str]:
+    """(start, stop, what they are): the last `eval_rows` rows, which the run held out, when the checkpoint was
+    trained on this file (`data: {kind: array, path: ...}` in its run config), else all rows; at most
+    `max_rows` of them."""
+    held_out = int(run_data.get("eval_rows") or 0) if _same_array(run_data, file) else 0
+    if held_out and not options.all_rows:
+        start, rows_kind = max(0, file.n_rows - held_out), "held-out rows (the run's last eval_rows, never trained on)"
+    else:
+        start, rows_kind = 0, "all rows"
+    stop = file.n_rows if options.max_rows is None else min(file.n_rows, start + options.max_rows)
+    return start, stop, rows_kind
+
+
+def _same_array(run_data: dict[str, Any] | None, file: ArrayFile) -> bool:
+    """Whether the run trained on this file (and tensor): run data of kind `array` naming its path."""
+    if not run_data or run_data.get("kind") != "array" or not run_data.get("path"):
+        return False
+    try:
+        same = Path(run_data["path"]).expanduser().resolve() == file.path
+    except OSError:
+        return False
+    return same and run_data.get("key") in (None, file.key)
 
 
 def _splice(
