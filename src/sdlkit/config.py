@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_va
 from sdlkit import store  # noqa: F401  (registers kind "store")
 from sdlkit.core.model import ModelConfig
 from sdlkit.data import (
+    array,  # noqa: F401  (registers kinds "array", "tensor" and "batches")
     lrb,  # noqa: F401  (registers kind "lrb")
     synth,  # noqa: F401  (registers kind "synth")
 )
@@ -144,8 +145,9 @@ class RunConfig(BaseModel):
 
     data: SerializeAsAny[DataConfig]
     """The data, by `kind` (see sdlkit.data.source): the Linear Representation Bench (kind: lrb;
-    {preset: quick} plus any overrides), or harvested activations (kind: store; {store: PATH, inputs:
-    [...], targets: [...]}). Without `kind`, a section is a store when it names one, else the bench."""
+    {preset: quick} plus any overrides), harvested activations (kind: store; {store: PATH, inputs:
+    [...], targets: [...]}), or an array file (kind: array; {path: FILE}). Without `kind`, a section is a
+    store when it names one, else the bench."""
     model: ModelConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     seed: int = 0

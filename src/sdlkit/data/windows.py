@@ -57,6 +57,14 @@ def epoch_windows(units: list[tuple[int, int]], order: list[int], cap: int) -> t
     return windows, ends
 
 
+def gather(parts: list[torch.Tensor], device: torch.device, dtype: torch.dtype, scale: object = None) -> torch.Tensor:
+    """The parts (slices of a window) concatenated on `device` in `dtype`, times `scale` (a number or a [width]
+    tensor) when given: a new tensor, never a view of the window."""
+    # cat copies, so callers never alias the window; off the CPU, the (pinned) slices are copied as they are first
+    x = torch.cat(parts if device.type == "cpu" else [part.to(device) for part in parts]).to(dtype)
+    return x * scale if scale is not None else x
+
+
 class ShuffledWindows:
     """The endless stream of `units`' rows, epoch after epoch, shuffled in windows of at most `cap` rows.
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from sdlkit.data.source import Batch, BlockScales, DataSource, DirectionKind, KnownDirections, register_source
-from sdlkit.data.windows import ShuffledWindows, shuffle_units
+from sdlkit.data.windows import ShuffledWindows, gather, shuffle_units
 from sdlkit.errors import ConfigError, StoreError
 from sdlkit.store.config import StoreDataConfig
 from sdlkit.store.epochs import train_rows
@@ -77,16 +77,20 @@ class StoreSource(DataSource):
         if index < 0 or batch_size < 1:
             raise ConfigError(f"batch({index}, {batch_size}): index must be >= 0 and batch_size >= 1")
         parts_p, parts_r = self._stream.take(index * batch_size, (index + 1) * batch_size)
-        x_p = self._finish(parts_p, self._in_vec)
-        x_r = x_p if self._same else self._finish(parts_r, self._out_vec)
+        x_p = gather(parts_p, self.device, self.dtype, self._in_vec)
+        x_r = x_p if self._same else gather(parts_r, self.device, self.dtype, self._out_vec)
         return Batch(x_p=x_p, x_r=x_r)
 
     def eval_batch(self) -> Batch:
         """The held-out rows (the end of the store), in store order."""
         if self._eval is None:
             data = self.store.read_rows(self.n_train, self.store.rows, self._union())
-            x_p = self._finish([self._concat(data, self.inputs)], self._in_vec)
-            x_r = x_p if self._same else self._finish([self._concat(data, self.targets)], self._out_vec)
+            x_p = gather([self._concat(data, self.inputs)], self.device, self.dtype, self._in_vec)
+            x_r = (
+                x_p
+                if self._same
+                else gather([self._concat(data, self.targets)], self.device, self.dtype, self._out_vec)
+            )
             self._eval = Batch(x_p=x_p, x_r=x_r)
         return self._eval
 
@@ -183,13 +187,6 @@ class StoreSource(DataSource):
     @staticmethod
     def _concat(data: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
         return data[names[0]] if len(names) == 1 else torch.cat([data[name] for name in names], dim=1)
-
-    def _finish(self, parts: list[torch.Tensor], scale: torch.Tensor | None) -> torch.Tensor:
-        if self.device.type == "cpu":
-            x = torch.cat(parts).to(self.dtype)  # cat copies: callers never alias the cached window
-        else:  # copy the (pinned) slices as they are, then concatenate and convert on the device
-            x = torch.cat([part.to(self.device) for part in parts]).to(self.dtype)
-        return x * scale if scale is not None else x
 
     def close(self) -> None:
         """Stop the prefetch thread and drop the cached window."""
