@@ -86,8 +86,14 @@ def test_built_in_kinds_are_registered():
 def test_unknown_kind_is_one_line_naming_the_known_kinds():
     with pytest.raises(ConfigError) as err:
         run_config({"data": {"kind": "nope"}, "model": MODEL})
-    assert str(err.value) == "data.kind = 'nope' is not a known data kind; known kinds: lrb, store, synth"
-    with pytest.raises(ConfigError, match=r"^data must be a mapping with a 'kind' \(one of: lrb, store, synth\)"):
+    assert (
+        str(err.value)
+        == "data.kind = 'nope' is not a known data kind; known kinds: array, batches, lrb, model, store, synth, tensor"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^data must be a mapping with a 'kind' \(one of: array, batches, lrb, model, store, synth, tensor\)",
+    ):
         run_config({"data": "quick", "model": MODEL})
 
 

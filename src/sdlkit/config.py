@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_va
 from sdlkit import store  # noqa: F401  (registers kind "store")
 from sdlkit.core.model import ModelConfig
 from sdlkit.data import (
+    array,  # noqa: F401  (registers kinds "array", "tensor" and "batches")
     lrb,  # noqa: F401  (registers kind "lrb")
     synth,  # noqa: F401  (registers kind "synth")
 )

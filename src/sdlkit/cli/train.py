@@ -231,4 +231,12 @@ def _data_name(data: dict) -> str:
         modules = data.get("inputs") or ["all modules"]
         targets = f" -> {', '.join(data['targets'])}" if data.get("targets") else ""
         return f"store {data['store']} ({', '.join(modules)}{targets})"
+    if data.get("kind") == "array":
+        return f"array {data['path']}" + (f" -> {data['targets']}" if data.get("targets") else "")
+    if data.get("kind") == "tensor":
+        return (
+            f"a tensor from Python, {data['rows']} x {data['width']} {data['dtype']}, sha256 {data['fingerprint'][:12]}"
+        )
+    if data.get("kind", "lrb") != "lrb":
+        return f"{data['kind']}" + (f" ({data['description']})" if data.get("description") else "")
     return f"{data.get('mode', '?')} LRB"

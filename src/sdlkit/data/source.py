@@ -157,7 +157,7 @@ def data_config(spec: DataConfig | Mapping[str, Any], *, root: str = "data") -> 
     """The config class registered for `spec["kind"]`, validated (an instance passes through)."""
     if isinstance(spec, DataConfig):
         return spec
-    known = ", ".join(SOURCES)
+    known = ", ".join(sorted(SOURCES))
     if not isinstance(spec, Mapping) or "kind" not in spec:
         raise ConfigError(f"{root} must be a mapping with a 'kind' (one of: {known}), got {spec!r}")
     kind = spec["kind"]
@@ -169,5 +169,7 @@ def data_config(spec: DataConfig | Mapping[str, Any], *, root: str = "data") -> 
 def build_source(config: DataConfig, device: str | torch.device = "cpu") -> DataSource:
     """The data source `config` describes, built by the class registered for its kind."""
     if config.kind not in SOURCES:
-        raise ConfigError(f"data.kind = {config.kind!r} is not a known data kind; known kinds: {', '.join(SOURCES)}")
+        raise ConfigError(
+            f"data.kind = {config.kind!r} is not a known data kind; known kinds: {', '.join(sorted(SOURCES))}"
+        )
     return SOURCES[config.kind][1](config, device=device)

@@ -5,7 +5,7 @@ The texts (in the harvest's seeded visiting order) are cut into units of sort_wi
 texts, the harvest's steps, so each unit runs as exactly the forward passes a harvest would run and gives
 exactly its rows. A tokenizer pass at start-up counts each unit's rows without running the model; the last
 units (at least `eval_rows` rows) are held out. Each epoch permutes the training units, groups them into
-windows of at most `shuffle_buffer` rows and permutes the rows inside each window (sdlkit.store.epochs, as
+windows of at most `shuffle_buffer` rows and permutes the rows inside each window (sdlkit.data.windows, as
 for a store), every permutation seeded from (seed, epoch[, window]): batch `index` is a pure function of
 (seed, index, batch_size), so a resumed run computes the same batches without replaying the stream. The
 model runs on one window ahead in a background thread while the trainer works on the current one.
@@ -13,14 +13,13 @@ model runs on one window ahead in a background thread while the trainer works on
 
 from __future__ import annotations
 
-import bisect
 import copy
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
 from sdlkit.data.source import Batch, BlockScales, DataSource, register_source
+from sdlkit.data.windows import ShuffledWindows, gather
 from sdlkit.errors import ConfigError, StoreError
 from sdlkit.harvest.checks import check_models
 from sdlkit.harvest.config import ModelDataConfig
@@ -28,8 +27,6 @@ from sdlkit.harvest.datasets import open_dataset
 from sdlkit.harvest.forward import step_rows
 from sdlkit.harvest.models import loaded_models, parse_modules
 from sdlkit.harvest.prepare import Preparer
-from sdlkit.seeding import derive_seed
-from sdlkit.store.epochs import epoch_windows
 
 _TOKENIZE_CHUNK = 4096
 """Texts per tokenizer call when counting rows."""
@@ -72,11 +69,9 @@ class ModelSource(DataSource):
         self.unit_size = config.model_batch_size * config.sort_window
         self.unit_rows = self._count_rows()
         self.eval_units, self.train_units = self._split_units()
-        self._windows: dict[int, tuple[list[list[int]], list[int]]] = {}
-        self._window_key: tuple[int, int] | None = None
-        self._window: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-prefetch")
-        self._prefetch: tuple[tuple[int, int], Future] | None = None
+        self._first_row = torch.cumsum(self.unit_rows, 0) - self.unit_rows
+        self._unit_at = {int(row): u for u, row in enumerate(self._first_row.tolist())}  # first row -> unit
+        self._stream = self._windows(self.train_units)
         self._eval: Batch | None = None
         self._scales: tuple[torch.Tensor | None, torch.Tensor | None, BlockScales | None] | None = None
 
@@ -126,7 +121,17 @@ class ModelSource(DataSource):
 
     @property
     def n_train(self) -> int:
-        return int(self.unit_rows[self.train_units].sum())
+        return self._stream.n_rows
+
+    def _windows(self, units: list[int]) -> ShuffledWindows:
+        """The shuffled epoch stream over `units`, each read by running the model on its texts."""
+        table = [(int(self._first_row[u]), int(self.unit_rows[u])) for u in units]
+        return ShuffledWindows(table, self.config.shuffle_buffer, self.config.seed, "model", self._read)
+
+    def _read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        unit = self._unit_at[start]
+        assert stop - start == int(self.unit_rows[unit])  # ShuffledWindows reads whole units
+        return self._run_units([unit])
 
     def shard(self, rank: int, world_size: int) -> ModelSource:
         """This source for rank `rank` of `world_size`: every world_size-th training unit, so each rank runs
@@ -135,9 +140,7 @@ class ModelSource(DataSource):
         if not mine:
             raise ConfigError(f"{len(self.train_units)} units of texts cannot feed {world_size} ranks: give more texts")
         view = copy.copy(self)
-        view.train_units, view._windows = mine, {}
-        view._window_key, view._window, view._prefetch = None, None, None
-        view._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-prefetch")
+        view.train_units, view._stream = mine, self._windows(mine)
         return view
 
     # ----- the DataSource protocol --------------------------------------------------------------------
@@ -145,29 +148,19 @@ class ModelSource(DataSource):
         """Training rows [index·batch_size, (index+1)·batch_size) of the endless epoch stream."""
         if index < 0 or batch_size < 1:
             raise ConfigError(f"batch({index}, {batch_size}): index must be >= 0 and batch_size >= 1")
-        position, end, n_train = index * batch_size, (index + 1) * batch_size, self.n_train
-        parts_p, parts_r = [], []
-        while position < end:
-            epoch, offset = divmod(position, n_train)
-            ends = self._layout(epoch)[1]
-            window = bisect.bisect_right(ends, offset)
-            lo = offset - (ends[window - 1] if window else 0)
-            take = min(end - position, ends[window] - offset)
-            x_p, x_r = self._window_data(epoch, window)
-            parts_p.append(x_p[lo : lo + take])
-            parts_r.append(x_r[lo : lo + take])
-            position += take
+        parts_p, parts_r = self._stream.take(index * batch_size, (index + 1) * batch_size)
         in_scale, out_scale, _ = self._scale_vectors()
-        x_p = _finish(parts_p, self.dtype, in_scale)
-        return Batch(x_p, x_p if self._same else _finish(parts_r, self.dtype, out_scale))
+        x_p = _finish(parts_p, self.device, self.dtype, in_scale)
+        return Batch(x_p, x_p if self._same else _finish(parts_r, self.device, self.dtype, out_scale))
 
     def eval_batch(self) -> Batch:
         """The held-out rows (the last units of texts), in text order."""
         if self._eval is None:
             x_p, x_r = self._run_units(self.eval_units)
             in_scale, out_scale, _ = self._scale_vectors(x_p, x_r)
-            x_p_scaled = _finish([x_p], self.dtype, in_scale)
-            self._eval = Batch(x_p_scaled, x_p_scaled if self._same else _finish([x_r], self.dtype, out_scale))
+            x_p = _finish([x_p], self.device, self.dtype, in_scale)
+            x_r = x_p if self._same else _finish([x_r], self.device, self.dtype, out_scale)
+            self._eval = Batch(x_p, x_r)
         return self._eval
 
     def block_scales(self) -> BlockScales | None:
@@ -198,48 +191,7 @@ class ModelSource(DataSource):
             )
         return self._scales
 
-    # ----- epochs and windows -------------------------------------------------------------------------
-    def _layout(self, epoch: int) -> tuple[list[list[int]], list[int]]:
-        layout = self._windows.get(epoch)
-        if layout is None:
-            generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "model", "units", epoch))
-            order = torch.randperm(len(self.train_units), generator=generator).tolist()
-            units = [(u, int(self.unit_rows[u])) for u in self.train_units]
-            windows, ends = epoch_windows(units, order, self.config.shuffle_buffer)
-            layout = ([[self.train_units[i] for i in w] for w in windows], ends)
-            if len(self._windows) >= 2:
-                self._windows.pop(min(self._windows))
-            self._windows[epoch] = layout
-        return layout
-
-    def _next_key(self, epoch: int, window: int) -> tuple[int, int]:
-        return (epoch, window + 1) if window + 1 < len(self._layout(epoch)[0]) else (epoch + 1, 0)
-
-    def _window_data(self, epoch: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (epoch, window)
-        if self._window_key == key:
-            assert self._window is not None
-            return self._window
-        self._window = None  # release the old window before making the new one
-        if self._prefetch is not None and self._prefetch[0] == key:
-            data = self._prefetch[1].result()
-        else:
-            if self._prefetch is not None:
-                self._prefetch[1].cancel()
-            data = self._make_window(*key)
-        self._prefetch = None
-        self._window_key, self._window = key, data
-        following = self._next_key(epoch, window)
-        self._prefetch = (following, self._pool.submit(self._make_window, *following))
-        return data
-
-    def _make_window(self, epoch: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The window's rows (its units run through the model) at positions permuted by (seed, epoch, window)."""
-        x_p, x_r = self._run_units(self._layout(epoch)[0][window])
-        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "model", "rows", epoch, window))
-        order = torch.randperm(len(x_p), generator=generator).to(x_p.device)
-        return x_p[order], (x_p if self._same else x_r)[order]
-
+    # ----- running the model -------------------------------------------------------------------------
     def _run_units(self, units: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """x_p and x_r rows of `units`, in unit and text order (the model's forward passes, as a harvest's)."""
         parts_p, parts_r = [], []
@@ -263,8 +215,7 @@ class ModelSource(DataSource):
 
     def close(self) -> None:
         """Stop the prefetch thread and drop the cached window."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._prefetch, self._window, self._window_key = None, None, None
+        self._stream.close()
 
 
 def _concat(acts: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
@@ -279,11 +230,13 @@ def _vector(scales: list[float], blocks: list[int], device: torch.device) -> tor
     return torch.cat([torch.full((b,), s) for s, b in zip(scales, blocks, strict=True)]).to(device)
 
 
-def _finish(parts: list[torch.Tensor], dtype: torch.dtype, scale: torch.Tensor | None) -> torch.Tensor:
-    x = torch.cat(parts).to(dtype)  # cat copies: a batch never aliases the cached window
+def _finish(
+    parts: list[torch.Tensor], device: torch.device, dtype: torch.dtype, scale: torch.Tensor | None
+) -> torch.Tensor:
+    x = gather(parts, device, dtype, None if scale is None else scale.to(dtype))
     if not bool(torch.isfinite(x).all()):
         raise StoreError("the model gave NaN or inf activations; try data.model_dtype: float32")
-    return x * scale.to(dtype) if scale is not None else x
+    return x
 
 
 register_source("model", ModelDataConfig, ModelSource)

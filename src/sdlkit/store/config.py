@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from sdlkit.data.array.files import FORMATS
 from sdlkit.data.source import DataConfig, DataShape
 from sdlkit.errors import ConfigError
 from sdlkit.store.format import read_manifest
@@ -41,6 +43,10 @@ class StoreDataConfig(DataConfig):
     def _store(cls, value: str) -> str:
         if not value:
             raise ValueError("store must be the path of a store folder")
+        if Path(value).suffix.lower() in FORMATS and not Path(value).is_dir():
+            raise ValueError(
+                f"an array file is not a store folder; train on it with data: {{kind: array, path: {value}}}"
+            )
         return value
 
     @field_validator("inputs", "targets")

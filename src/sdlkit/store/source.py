@@ -1,26 +1,22 @@
 """StoreSource: the DataSource over an activation store (data kind `store`), shuffled batches for training.
 
-It holds out the store's last rows for evaluation and streams the rest as an infinite sequence of epochs.
-Each epoch permutes the training "units" (shards, or pieces of a shard of at most `shuffle_buffer` rows),
-groups consecutive units into windows of at most `shuffle_buffer` rows (sdlkit.store.epochs), and permutes
-the rows inside each window. Every permutation is seeded from (seed, epoch[, window]), so batch `index` is a
-pure function of (seed, index, batch_size): resuming or splitting across ranks needs no replay. Only the
-current window (and the next, being prefetched) is in memory.
+It holds out the store's last rows for evaluation and streams the rest as an infinite sequence of epochs
+shuffled in windows of at most `shuffle_buffer` rows that never split a shard's unit (sdlkit.data.windows),
+so batch `index` is a pure function of (seed, index, batch_size): resuming or splitting across ranks needs
+no replay. Only the current window (and the next, being prefetched) is in memory.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
 from sdlkit.data.source import Batch, BlockScales, DataSource, DirectionKind, KnownDirections, register_source
+from sdlkit.data.windows import ShuffledWindows, gather, shuffle_units
 from sdlkit.errors import ConfigError, StoreError
-from sdlkit.seeding import derive_seed
 from sdlkit.store.config import StoreDataConfig
-from sdlkit.store.epochs import epoch_windows, shuffle_units, train_rows
+from sdlkit.store.epochs import train_rows
 from sdlkit.store.format import LABEL_KEY
 from sdlkit.store.reader import ActivationStore
 
@@ -63,12 +59,11 @@ class StoreSource(DataSource):
         self._out_vec = self._in_vec if self._same else self._scale_vector(self.targets)
         self.n_train = train_rows(store, config.eval_rows)
         self.n_eval = store.rows - self.n_train
-        self._units = shuffle_units(store.offsets, self.n_train, config.shuffle_buffer)
-        self._layouts: dict[int, tuple[list[list[int]], list[int]]] = {}
-        self._window_key: tuple[int, int] | None = None
-        self._window: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-prefetch") if prefetch else None
-        self._prefetch: tuple[tuple[int, int], Future] | None = None
+        units = shuffle_units(store.offsets, self.n_train, config.shuffle_buffer)
+        pin = self.device.type == "cuda"
+        self._stream = ShuffledWindows(
+            units, config.shuffle_buffer, config.seed, "store", self._read, pin=pin, prefetch=prefetch
+        )
         self._eval: Batch | None = None
 
     @property
@@ -81,30 +76,21 @@ class StoreSource(DataSource):
         """Training rows [index·batch_size, (index+1)·batch_size) of the endless epoch stream."""
         if index < 0 or batch_size < 1:
             raise ConfigError(f"batch({index}, {batch_size}): index must be >= 0 and batch_size >= 1")
-        position, end = index * batch_size, (index + 1) * batch_size
-        parts_p, parts_r = [], []
-        while position < end:
-            epoch, offset = divmod(position, self.n_train)
-            _, ends = self._layout(epoch)
-            window = bisect.bisect_right(ends, offset)
-            window_start = ends[window - 1] if window else 0
-            take = min(end - position, ends[window] - offset)
-            x_p, x_r = self._window_data(epoch, window)
-            lo = offset - window_start
-            parts_p.append(x_p[lo : lo + take])
-            if not self._same:
-                parts_r.append(x_r[lo : lo + take])
-            position += take
-        x_p = self._finish(parts_p, self._in_vec)
-        x_r = x_p if self._same else self._finish(parts_r, self._out_vec)
+        parts_p, parts_r = self._stream.take(index * batch_size, (index + 1) * batch_size)
+        x_p = gather(parts_p, self.device, self.dtype, self._in_vec)
+        x_r = x_p if self._same else gather(parts_r, self.device, self.dtype, self._out_vec)
         return Batch(x_p=x_p, x_r=x_r)
 
     def eval_batch(self) -> Batch:
         """The held-out rows (the end of the store), in store order."""
         if self._eval is None:
             data = self.store.read_rows(self.n_train, self.store.rows, self._union())
-            x_p = self._finish([self._concat(data, self.inputs)], self._in_vec)
-            x_r = x_p if self._same else self._finish([self._concat(data, self.targets)], self._out_vec)
+            x_p = gather([self._concat(data, self.inputs)], self.device, self.dtype, self._in_vec)
+            x_r = (
+                x_p
+                if self._same
+                else gather([self._concat(data, self.targets)], self.device, self.dtype, self._out_vec)
+            )
             self._eval = Batch(x_p=x_p, x_r=x_r)
         return self._eval
 
@@ -192,88 +178,19 @@ class StoreSource(DataSource):
     def _union(self) -> list[str]:
         return list(dict.fromkeys([*self.inputs, *self.targets]))
 
-    # ----- epochs and windows -----------------------------------------------------------------------
-    def _generator(self, *parts: object) -> torch.Generator:
-        return torch.Generator().manual_seed(derive_seed(self.config.seed, "store", *parts))
-
-    def _layout(self, epoch: int) -> tuple[list[list[int]], list[int]]:
-        """Epoch `epoch`: units of each window (in load order) and each window's end offset in the epoch."""
-        layout = self._layouts.get(epoch)
-        if layout is None:
-            order = torch.randperm(len(self._units), generator=self._generator("units", epoch)).tolist()
-            layout = epoch_windows(self._units, order, self.config.shuffle_buffer)
-            if len(self._layouts) >= 2:
-                self._layouts.pop(min(self._layouts))
-            self._layouts[epoch] = layout
-        return layout
-
-    def _next_key(self, epoch: int, window: int) -> tuple[int, int]:
-        windows, _ = self._layout(epoch)
-        return (epoch, window + 1) if window + 1 < len(windows) else (epoch + 1, 0)
-
-    def _window_data(self, epoch: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Window (epoch, window)'s rows in shuffled order, (x_p, x_r) in the store dtype on the CPU."""
-        key = (epoch, window)
-        if self._window_key == key:
-            assert self._window is not None
-            return self._window
-        self._window = None  # release the old window before loading the new one
-        if self._prefetch is not None and self._prefetch[0] == key:
-            data = self._prefetch[1].result()
-        else:
-            if self._prefetch is not None:
-                self._prefetch[1].cancel()
-            data = self._load_window(epoch, window, self._layout(epoch)[0][window])
-        self._prefetch = None
-        self._window_key, self._window = key, data
-        if self._pool is not None:
-            following = self._next_key(epoch, window)
-            units = self._layout(following[0])[0][following[1]]
-            self._prefetch = (following, self._pool.submit(self._load_window, *following, units))
-        return data
-
-    def _load_window(self, epoch: int, window: int, units: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Read the window's units and scatter their rows to shuffled positions (seeded by epoch, window).
-
-        Rows go straight into the window tensors (pinned when the device is a GPU), so the peak memory
-        is the window plus one unit."""
-        sizes = [self._units[u][1] for u in units]
-        dest = torch.randperm(sum(sizes), generator=self._generator("rows", epoch, window))
-        x_p = self._window_tensor(dest.numel(), self.n_in)
-        x_r = x_p if self._same else self._window_tensor(dest.numel(), self.n_out)
-        names = self._union()
-        done = 0
-        for unit, size in zip(units, sizes, strict=True):
-            start = self._units[unit][0]
-            part = self.store.read_rows(start, start + size, names)
-            rows = dest[done : done + size]
-            x_p.index_copy_(0, rows, self._concat(part, self.inputs))
-            if not self._same:
-                x_r.index_copy_(0, rows, self._concat(part, self.targets))
-            done += size
-        return x_p, x_r
-
-    def _window_tensor(self, rows: int, width: int) -> torch.Tensor:
-        pin = self.device.type == "cuda"
-        return torch.empty(rows, width, dtype=self.store.manifest.torch_dtype, pin_memory=pin)
+    def _read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store rows [start, stop) as (x_p, x_r) in the store dtype on the CPU (x_r is x_p for an SAE)."""
+        part = self.store.read_rows(start, stop, self._union())
+        x_p = self._concat(part, self.inputs)
+        return x_p, x_p if self._same else self._concat(part, self.targets)
 
     @staticmethod
     def _concat(data: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
         return data[names[0]] if len(names) == 1 else torch.cat([data[name] for name in names], dim=1)
 
-    def _finish(self, parts: list[torch.Tensor], scale: torch.Tensor | None) -> torch.Tensor:
-        if self.device.type == "cpu":
-            x = torch.cat(parts).to(self.dtype)  # cat copies: callers never alias the cached window
-        else:  # copy the (pinned) slices as they are, then concatenate and convert on the device
-            x = torch.cat([part.to(self.device) for part in parts]).to(self.dtype)
-        return x * scale if scale is not None else x
-
     def close(self) -> None:
         """Stop the prefetch thread and drop the cached window."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-        self._prefetch, self._window, self._window_key = None, None, None
+        self._stream.close()
 
 
 register_source("store", StoreDataConfig, StoreSource)
