@@ -195,7 +195,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print_json(report)
         return 0
     print(f"{report['checkpoint']} on {report['store']}: {report['rows']}")
-    keys = ["fvu", "mse", "l0", "never_fired_fraction", "dense_fraction", "n_samples"]
+    keys = ["fvu", "mse", "l0", "never_fired_fraction", "dead_fraction", "dense_fraction", "n_samples"]
     keys += [k for k in ("ce_loss_recovered", "kl_div", "ce_clean", "ce_spliced", "ce_zero") if k in report]
     print(format_table([{k: report[k] for k in keys}], keys))
     return 0

@@ -87,16 +87,18 @@ def evaluate_checkpoint(
     options: EvalOptions | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """FVU, MSE, L0, dead (never fired) and dense fractions of `checkpoint` on the rows of a store,
-    plus, with `splice`, CE loss recovered and KL with the dictionary spliced into the language model.
-    `options` (or keyword overrides of its fields, e.g. `all_rows=True`): see EvalOptions."""
+    """FVU, MSE, L0, never-fired and dense fractions of `checkpoint` on the rows of a store, the training
+    run's dead_fraction at that checkpoint (None for a checkpoint that does not record one), plus, with
+    `splice`, CE loss recovered and KL with the dictionary spliced into the language model. `options`
+    (or keyword overrides of its fields, e.g. `all_rows=True`): see EvalOptions."""
     options = with_overrides(EvalOptions, options, overrides, "eval")
     try:
         device = resolve_device(options.device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     folder = resolve_checkpoint(checkpoint)
-    run_data = read_config(folder).get("run", {}).get("data")
+    saved = read_config(folder)
+    run_data = saved.get("run", {}).get("data")
     model = load(folder, device)
     store = ActivationStore(store_path)
     inputs, targets = _modules(run_data, store, options.inputs, options.targets)
@@ -110,6 +112,7 @@ def evaluate_checkpoint(
         "targets": targets,
         "rows": f"{rows_kind} [{start}, {stop})",
         **streaming_metrics(model, batches, options.dense_threshold),
+        "dead_fraction": saved.get("dead_fraction"),  # the training run's, at this checkpoint; None if unknown
     }
     if options.splice:
         report.update(_splice(model, store, inputs, targets, start, stop, options.splice_samples, device))
