@@ -127,6 +127,11 @@ class TrainConfig(BaseModel):
     """Feature anchoring; None = off. From the data's ground truth unless the Trainer is given anchors."""
     log_every: int = Field(50, gt=0)
     """Steps between metrics-log lines (and progress-bar updates)."""
+    eval_every: int | None = Field(None, gt=0)
+    """Steps between held-out evaluations (eval_fvu, eval_l0, eval_never_fired_fraction in that step's log
+    line), a multiple of log_every; None = at every log line. The last step is always evaluated."""
+    tensorboard: bool = False
+    """Also write every logged value as TensorBoard events into RUN/tensorboard/ (the `tensorboard` extra)."""
     checkpoint_every: int | None = Field(None, gt=0)
     """Steps between checkpoints; the final step is always checkpointed."""
     keep_checkpoints: int = Field(2, ge=1)
@@ -140,6 +145,14 @@ class TrainConfig(BaseModel):
         if not all(0 <= b < 1 for b in value):
             raise ValueError(f"Adam betas must each be in [0, 1), got {list(value)}")
         return value
+
+    @model_validator(mode="after")
+    def _eval_every(self) -> TrainConfig:
+        if self.eval_every is not None and self.eval_every % self.log_every:
+            raise ValueError(
+                f"train.eval_every = {self.eval_every} must be a multiple of train.log_every = {self.log_every}"
+            )
+        return self
 
 
 class RunConfig(BaseModel):

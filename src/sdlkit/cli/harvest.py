@@ -84,8 +84,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "the run's held-out rows when it was trained on them, else every row. --splice: a language model's CE\n"
         "loss recovered and KL with the dictionary spliced in. --directions: M_GT (gt_recovery) and M_IP\n"
         "(max_inner_product) of encoder rows against the directions and of decoder columns against the\n"
-        "decoder's directions (_decoder), by best match and one-to-one (matched_). dead_fraction (the\n"
-        "bench's name) = never_fired_fraction: latents that fired on none of the scored rows.",
+        "decoder's directions (_decoder), by best match and one-to-one (matched_). never_fired_fraction: latents\n"
+        "that fired on none of the scored rows; dead_fraction: the training run's, at this checkpoint.",
     )
     evaluate.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
     rows = evaluate.add_mutually_exclusive_group(required=True)
@@ -261,7 +261,7 @@ def _print_eval(report: dict) -> None:
     from sdlkit.report import format_table
 
     print(f"{report['checkpoint']} on {report.get('store') or report['data']}: {report['rows']}")
-    keys = ["fvu", "mse", "l0", "never_fired_fraction", "dense_fraction", "n_samples"]
+    keys = ["fvu", "mse", "l0", "never_fired_fraction", "dead_fraction", "dense_fraction", "n_samples"]
     keys += [k for k in ("ce_loss_recovered", "kl_div", "ce_clean", "ce_spliced", "ce_zero") if k in report]
     print(format_table([{k: report[k] for k in keys}], keys))
     if "directions" not in report:

@@ -58,7 +58,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_json(train, "the final metrics and the checkpoint")
     train.set_defaults(func=cmd_train)
 
-    info = command(sub, "info", "describe a checkpoint", "Its method, shape, constraints, training step and tensors.")
+    info = command(
+        sub,
+        "info",
+        "describe a checkpoint",
+        "Its method, shape, constraints, training step and tensors, and a run's curves.png and TensorBoard folder.",
+    )
     info.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
     add_json(info, "the checkpoint's config and tensor shapes")
     info.set_defaults(func=cmd_info)
@@ -166,7 +171,7 @@ def _print_result(args: argparse.Namespace, config, source, trainer, result) -> 
         "method": config.model.method.name,
         "steps": result.steps,
         "samples": result.samples_seen,
-        **{k: result.metrics[k] for k in ("mse", "fvu", "l0", "dead_fraction")},
+        **{k: result.metrics[k] for k in ("mse", "fvu", "l0", "never_fired_fraction", "dead_fraction", "n_samples")},
         "seconds": round(result.train_seconds, 1),
     }
     note = None
@@ -195,12 +200,15 @@ def _print_result(args: argparse.Namespace, config, source, trainer, result) -> 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from sdlkit.io import WEIGHTS_FILE, read_config, resolve_checkpoint, tensor_shapes
+    from sdlkit.train.runlog import watch_files
 
     folder = resolve_checkpoint(args.checkpoint)
     config = read_config(folder)
     shapes = tensor_shapes(folder / WEIGHTS_FILE)
+    run_dir = folder.parent.parent if folder.parent.name == "checkpoints" else folder  # a training checkpoint's run
+    watch = {name: str(path) for name, path in watch_files(run_dir).items()}
     if args.json:
-        print_json({**config, "tensors": shapes})
+        print_json({**config, "tensors": shapes, **watch})
         return 0
     model = config["model"]
     method = dict(model["method"])
@@ -220,6 +228,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"({config['step'] * batch:,} samples), data: {_data_name(run.get('data', {}))}"
         )
     print("tensors     " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
+    for name, path in watch.items():  # curves.png; TensorBoard's folder, for `tensorboard --logdir`
+        print(f"{name:<11} {path}")
     return 0
 
 

@@ -105,11 +105,11 @@ def evaluate_checkpoint(
     options: EvalOptions | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """FVU, MSE, L0, dead (never fired) and dense fractions of `checkpoint` on the rows of a store
-    (`store_path`) or of an array file (`data`); with `splice` (stores), CE loss recovered and KL with the
-    dictionary spliced into the language model; with `directions`, the bench's recovery scores against them.
-    `dead_fraction` is the bench's name for `never_fired_fraction`: latents silent on every scored row.
-    `options` (or keyword overrides of its fields, e.g. `all_rows=True`): see EvalOptions."""
+    """FVU, MSE, L0, never-fired and dense fractions of `checkpoint` on the rows of a store (`store_path`) or
+    of an array file (`data`), and the training run's `dead_fraction` at that checkpoint (None for a checkpoint
+    that records none); with `splice` (stores), CE loss recovered and KL with the dictionary spliced into the
+    language model; with `directions`, the bench's recovery scores against them. `options` (or keyword
+    overrides of its fields, e.g. `all_rows=True`): see EvalOptions."""
     options = with_overrides(EvalOptions, options, overrides, "eval")
     if (store_path is None) == (options.data is None):
         raise ConfigError("give the rows to evaluate on: an activation store (--store) or an array file (--data)")
@@ -123,7 +123,8 @@ def evaluate_checkpoint(
     except ValueError as err:
         raise ConfigError(str(err)) from None
     folder = resolve_checkpoint(checkpoint)
-    run_data = read_config(folder).get("run", {}).get("data")
+    saved = read_config(folder)
+    run_data = saved.get("run", {}).get("data")
     model = load(folder, device)
     scores: dict[str, Any] = {}
     if options.directions is not None:  # scored before the rows stream, so a bad file or tau fails at once
@@ -135,7 +136,7 @@ def evaluate_checkpoint(
     else:
         info, batches = _array_rows(model, run_data, options)
         report = {"checkpoint": str(folder), **info, **streaming_metrics(model, batches, options.dense_threshold)}
-    report["dead_fraction"] = report["never_fired_fraction"]
+    report["dead_fraction"] = saved.get("dead_fraction")  # the training run's, at this checkpoint; None if unknown
     return report | scores
 
 

@@ -69,6 +69,14 @@ def streaming_metrics(
     return metrics
 
 
+def batch_fvu(x_r: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Σ‖x_r − x̂_r‖² / Σ‖x_r − x̄_r‖² over one batch (x̄_r its mean), in float32 and without gradient:
+    x_r, x_hat [..., B, n] → [...] (a stack of runs gives one value per run). The training log's `fvu`."""
+    x_r, x_hat = x_r.detach().float(), x_hat.detach().float()
+    error = (x_r - x_hat).pow(2).sum(dim=(-2, -1))
+    return error / (x_r - x_r.mean(dim=-2, keepdim=True)).pow(2).sum(dim=(-2, -1))
+
+
 def reconstruction_metrics(model: SparseDictionary, batch: Batch, chunk_size: int = 8192) -> dict[str, float]:
     """`streaming_metrics` over one in-memory batch, taken `chunk_size` rows at a time."""
     chunks = (

@@ -41,6 +41,8 @@ STATE_HASHES = "trainer_state_sha256"
 RESUMABLE_CHANGES = {
     "train.steps",
     "train.log_every",
+    "train.eval_every",
+    "train.tensorboard",
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.progress",

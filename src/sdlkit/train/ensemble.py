@@ -32,6 +32,7 @@ from sdlkit.core.model import SparseDictionary, normalize_columns_, project_colu
 from sdlkit.core.objective import Objective, TermContext
 from sdlkit.data.source import Batch, DataSource
 from sdlkit.errors import ConfigError, TrainingDiverged
+from sdlkit.eval.metrics import batch_fvu
 from sdlkit.train.anchoring import anchor_pull
 from sdlkit.train.checkpoint import config_differences, list_checkpoints
 from sdlkit.train.loop import Accumulator, StepLosses, adam, clip_grads_except, run, train_step
@@ -103,7 +104,7 @@ class _MemberLoss(nn.Module):
     def forward(self, x_p: torch.Tensor, x_r: torch.Tensor, dead: torch.Tensor):
         out = self.model(x_p)
         loss, parts = self.objective(TermContext(out, x_p, x_r, self.model, self.step, dead))
-        return loss, parts, out.fired(), out.count_nonzero()
+        return loss, parts, out.fired(), out.count_nonzero(), batch_fvu(x_r, out.x_hat)
 
 
 class EnsembleTrainer:
@@ -162,7 +163,7 @@ class EnsembleTrainer:
         return Batch(torch.stack([b.x_p for b in batches]), torch.stack([b.x_r.to(dtype) for b in batches]))
 
     def losses(self, batch: Batch) -> StepLosses:
-        """Every member's loss [E], parts {name: [E]}, fired [E, n_latents] and mean L0 [E]."""
+        """Every member's loss [E], parts {name: [E]}, fired [E, n_latents], mean L0 [E] and FVU [E]."""
         names = list(self.stacked)
 
         def member(tensors, x_p, x_r, dead):
@@ -170,10 +171,10 @@ class EnsembleTrainer:
 
         self.loss_module.step = self.step
         x_dim = None if self.shared_source else 0
-        losses, parts, fired, nonzeros = vmap(member, in_dims=(0, x_dim, x_dim, 0))(
+        losses, parts, fired, nonzeros, fvu = vmap(member, in_dims=(0, x_dim, x_dim, 0))(
             list(self.stacked.values()), batch.x_p, batch.x_r, self.dead.dead
         )
-        return StepLosses(losses, parts, fired, nonzeros / self.cfg.batch_size)
+        return StepLosses(losses, parts, fired, nonzeros / self.cfg.batch_size, fvu)
 
     def diverged(self, batch: Batch, loss: torch.Tensor) -> NoReturn:
         bad = int((~torch.isfinite(loss)).nonzero()[0])
@@ -240,10 +241,14 @@ class EnsembleTrainer:
         member.scheduler.load_state_dict(self.scheduler.state_dict())
         member.optimizer.param_groups[0]["lr"] = self.optimizer.param_groups[0]["lr"]
 
-    def log(self, samples_per_s: float) -> list[dict[str, Any]]:
+    def log(self, samples_per_s: float, evaluate: bool) -> list[dict[str, Any]]:
         self._sync_members(optimizer=True)
         self.metrics = Accumulator()  # the members' log lines take the sums
-        return [record for member in self.members for record in member.log(samples_per_s)]
+        return [record for member in self.members for record in member.log(samples_per_s, evaluate)]
+
+    def finish(self) -> None:
+        for member in self.members:
+            member.finish()
 
     def save_checkpoint(self) -> list[Path | None]:
         self._sync_members(optimizer=True)

@@ -1,7 +1,8 @@
 """The training loop that `Trainer` (one run) and `EnsembleTrainer` (a stack of runs) share.
 
-    run(job)               steps to train.steps: a progress bar, a log line every log_every steps,
-                           a checkpoint every checkpoint_every steps and at the end
+    run(job)               steps to train.steps: a progress bar, a log line every log_every steps (with
+                           the held-out figures every eval_every), a checkpoint every checkpoint_every
+                           steps and at the end, then the run's closing outputs (curves.png)
     train_step(job, batch) one optimiser step: forward and objective (autocast) → backward →
                            project → clip → Adam and schedule → post-step → dead latents, log sums
 
@@ -68,13 +69,14 @@ class Accumulator:
 
 class StepLosses(NamedTuple):
     """One step's forward: the loss (0-dim, or [E] for a stack), each term's value (detached, same
-    shape), the latents that fired in the batch (bool [n_latents] or [E, n_latents]; all ranks'), and
-    the mean L0 (same shape as the loss)."""
+    shape), the latents that fired in the batch (bool [n_latents] or [E, n_latents]; all ranks'), the
+    mean L0 and the batch's FVU (sdlkit.eval.metrics.batch_fvu; both shaped as the loss)."""
 
     loss: torch.Tensor
     parts: dict[str, torch.Tensor]
     fired: torch.Tensor
     l0: torch.Tensor
+    fvu: torch.Tensor
 
 
 class Job(Protocol):
@@ -107,11 +109,15 @@ class Job(Protocol):
     def advance(self) -> None:
         """One `train_step` on the next batch and what follows it (e.g. resampling); step += 1."""
 
-    def log(self, samples_per_s: float) -> list[dict[str, Any]]:
-        """Write and return one log record per run (the means since the last one)."""
+    def log(self, samples_per_s: float, evaluate: bool) -> list[dict[str, Any]]:
+        """Write and return one log record per run (the means since the last one); with `evaluate`, each
+        also holds its run's held-out figures."""
 
     def save_checkpoint(self) -> Any:
         """Checkpoint every run (where it has a run folder)."""
+
+    def finish(self) -> None:
+        """Close every run's log at the end of training (curves.png, TensorBoard events)."""
 
 
 @torch.no_grad()
@@ -156,7 +162,7 @@ def train_step(job: Job, batch: Batch) -> None:
     job.scheduler.step()
     job.post_step()
     job.dead.update_fired(out.fired, job.cfg.batch_size)
-    job.metrics.add({**out.parts, "loss": out.loss, "l0": out.l0})
+    job.metrics.add({**out.parts, "loss": out.loss, "l0": out.l0, "fvu": out.fvu})
 
 
 def run(job: Job, runs: int, desc: str, show: bool = True) -> list[list[dict[str, Any]]]:
@@ -179,16 +185,17 @@ def run(job: Job, runs: int, desc: str, show: bool = True) -> list[list[dict[str
         job.train_seconds += time.perf_counter() - t0
         bar.update(1)
         if job.step % cfg.log_every == 0 or job.step == cfg.steps:
-            now = time.perf_counter()
-            rate = (job.step - interval_step) * cfg.batch_size / max(now - interval_start, 1e-9)
-            for history, record in zip(histories, job.log(rate), strict=True):
+            rate = (job.step - interval_step) * cfg.batch_size / max(time.perf_counter() - interval_start, 1e-9)
+            evaluate = job.step == cfg.steps or job.step % (cfg.eval_every or cfg.log_every) == 0
+            for history, record in zip(histories, job.log(rate, evaluate), strict=True):
                 history.append(record)
             if runs == 1:
                 bar.set_postfix(_summary(histories[0][-1], rate))
-            interval_start, interval_step = now, job.step
+            interval_start, interval_step = time.perf_counter(), job.step  # the rate leaves logging out
         if (cfg.checkpoint_every and job.step % cfg.checkpoint_every == 0) or job.step == cfg.steps:
             job.save_checkpoint()
     bar.close()
+    job.finish()
     return histories
 
 

@@ -6,7 +6,6 @@ method's config. The loop itself is sdlkit.train.loop's, shared with the batched
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,8 @@ from sdlkit.core.objective import Objective, Term, TermContext
 from sdlkit.data.directions import known_directions
 from sdlkit.data.source import Batch, DataSource
 from sdlkit.errors import CheckpointError, ConfigError, ShapeError, TrainingDiverged
-from sdlkit.eval.metrics import reconstruction_metrics
-from sdlkit.io import clean_interrupted_writes, load_weights, mark_folder, write_text, write_text_atomically
+from sdlkit.eval.metrics import batch_fvu, reconstruction_metrics
+from sdlkit.io import clean_interrupted_writes, load_weights, mark_folder
 from sdlkit.store.normalize import fold_scales
 from sdlkit.train.anchoring import (
     AnchorPenalty,
@@ -40,6 +39,7 @@ from sdlkit.train.checkpoint import (
     load_training_checkpoint,
     save_training_checkpoint,
 )
+from sdlkit.train.curves import write_curves
 from sdlkit.train.distributed import (
     DistContext,
     any_rank,
@@ -51,8 +51,13 @@ from sdlkit.train.distributed import (
 )
 from sdlkit.train.loop import Accumulator, StepLosses, adam, clip_grads_except, run, train_step
 from sdlkit.train.resample import DeadLatents, resample_dead_latents
+from sdlkit.train.runlog import METRICS_FILE, RunLog, require_tensorboard  # noqa: F401  (METRICS_FILE re-exported)
 
-METRICS_FILE = "metrics.jsonl"
+EVAL_FIELDS = ("fvu", "l0", "never_fired_fraction")
+"""The held-out figures a log line carries, as `eval_<name>` (see `Trainer.held_out`)."""
+EVAL_CHUNK_CODES = 1 << 26
+"""Held-out rows are scored in chunks of at most this many codes (rows × n_latents, 8,192 rows at most):
+the dense codes of a chunk, 256 MB in float32, bound what an evaluation adds to training's peak memory."""
 
 
 @dataclass
@@ -92,6 +97,7 @@ class Trainer:
         )
         self.source = source if dist is None else rank_source(source, dist.rank, dist.world_size)
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_log = self._run_log()
         self.device = torch.device(config.device)
         if (source.n_in, source.n_out) != (config.model.n_in, config.model.n_out):
             raise ShapeError(
@@ -119,6 +125,15 @@ class Trainer:
         self.train_seconds = 0.0
         self.n_resampled = 0
         self.last_checkpoint: Path | None = None
+
+    def _run_log(self) -> RunLog | None:
+        """Where this process writes the log (rank 0 of a run with a folder), after checking that the
+        TensorBoard events asked for can be written."""
+        if self.cfg.tensorboard:
+            if self.run_dir is None:
+                raise ConfigError("train.tensorboard needs a run folder (--out, or the Trainer's run_dir)")
+            require_tensorboard()
+        return RunLog(self.run_dir, self.cfg.tensorboard) if self.run_dir is not None and self.is_main else None
 
     def _anchors(self, given: Anchors | None) -> Anchors | None:
         """The anchors to use: `given`, else train.anchors' file, else drawn from the source's known
@@ -244,6 +259,7 @@ class Trainer:
             assert scales is not None  # folded weights exist only for a source with block scales
             state["train_weights"] = self.model.named_tensors()
             extra["normalization"] = {"in_scales": scales.inputs, "out_scales": scales.outputs}
+        extra["dead_fraction"] = self.dead_fraction()  # what `sdlkit eval` reports as the run's dead_fraction
         self.last_checkpoint = save_training_checkpoint(
             self.run_dir,
             self.step,
@@ -260,37 +276,52 @@ class Trainer:
     def _truncate_log(self) -> None:
         """Drop log lines written after the checkpoint we resume from (they will be written again), and a
         torn tail (a full disk or a kill mid-line leaves one): everything from the first unreadable line."""
-        path = self.run_dir / METRICS_FILE
-        if not path.is_file():
-            return
-        kept = []
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                break
-            if record["step"] <= self.step:
-                kept.append(line + "\n")
-        write_text_atomically(path, "".join(kept))
+        self.run_log.truncate(self.step)
 
-    def log(self, samples_per_s: float) -> list[dict[str, Any]]:
-        """Append the log line of the steps since the last one to metrics.jsonl (rank 0) and return it."""
-        record: dict[str, Any] = {"step": self.step, "samples": self.step * self.cfg.batch_size}
+    def dead_fraction(self) -> float:
+        """Latents that fired on none of the last train.dead_window training samples (under σ's training
+        form), as a fraction of all; 0 until the run has seen dead_window samples."""
+        return self.dead.dead.float().mean().item()
+
+    def held_out(self) -> dict[str, float]:
+        """reconstruction_metrics on the source's held-out rows (σ's inference form, no gradient, no random
+        numbers; the model's mode is restored), so evaluating never changes the training run."""
+        chunk = min(8192, max(1, EVAL_CHUNK_CODES // self.model.n_latents))
+        return reconstruction_metrics(self.model, self.source.eval_batch(), chunk)
+
+    def log(self, samples_per_s: float, evaluate: bool = False) -> list[dict[str, Any]]:
+        """Append the log line of the steps since the last one to metrics.jsonl (rank 0) and return it;
+        with `evaluate`, it holds the held-out figures too. Every field is described in the README,
+        "Watching a run"."""
+        record: dict[str, Any] = {
+            "step": self.step,  # optimiser steps taken
+            "samples": self.step * self.cfg.batch_size,  # training samples seen (all ranks): the curves' x axis
+        }
+        # loss, each objective term's value (mse, l1, auxk, ...), fvu and l0 (mean active latents per
+        # sample): means over the training batches since the last line, under σ's training form
         means = self.metrics.pop_means()
         if self.dist is not None:
             means = mean_over_ranks(means, self.dist.world_size)
         record.update({k: v.item() for k, v in means.items()})
         record.update(
-            dead_fraction=self.dead.dead.float().mean().item(),
-            lr=self.scheduler.get_last_lr()[0],
-            samples_per_s=samples_per_s,
-            resampled=self.n_resampled,
+            dead_fraction=self.dead_fraction(),  # silent on the last train.dead_window training samples
+            lr=self.scheduler.get_last_lr()[0],  # the learning rate of the last step
+            samples_per_s=samples_per_s,  # training throughput since the last line (logging and evaluation excluded)
+            resampled=self.n_resampled,  # latents resampled so far (train.resample)
         )
-        if self.run_dir is not None and self.is_main:
-            write_text(self.run_dir / METRICS_FILE, json.dumps(record) + "\n", mode="a")
+        if evaluate:  # every train.eval_every steps and at the last: eval_fvu, eval_l0, eval_never_fired_fraction
+            held_out = self.held_out()
+            record.update({f"eval_{key}": held_out[key] for key in EVAL_FIELDS})
+        if self.run_log is not None:
+            self.run_log.write(record)
         return [record]
+
+    def finish(self) -> None:
+        """Close the log at the end of training: curves.png from the whole of metrics.jsonl, and the
+        TensorBoard events."""
+        if self.run_log is not None:
+            self.run_log.close()
+            write_curves(self.run_dir, f"{self.config.model.method.name} · {self.run_dir.resolve().name}")
 
     # ----- the loop -----------------------------------------------------------------------------------
     def _next_batch(self) -> Batch:
@@ -311,7 +342,7 @@ class Trainer:
         ctx = TermContext(out, batch.x_p, batch.x_r.to(model.W_E.dtype), model, self.step, self.dead.dead)
         loss, parts = self.objective(ctx)
         fired = out.fired() if self.dist is None else any_rank(out.fired())
-        return StepLosses(loss, parts, fired, out.count_nonzero() / len(batch))
+        return StepLosses(loss, parts, fired, out.count_nonzero() / len(batch), batch_fvu(ctx.x_r, out.x_hat))
 
     def diverged(self, batch: Batch, loss: torch.Tensor) -> NoReturn:
         bad_input = not (torch.isfinite(batch.x_p).all() and torch.isfinite(batch.x_r).all())
@@ -386,8 +417,8 @@ class Trainer:
 
     def result(self, history: list[dict[str, Any]]) -> TrainResult:
         """The run as it stands, with its metrics on the held-out set and `history`, its log records."""
-        metrics = reconstruction_metrics(self.model, self.source.eval_batch())
-        metrics["dead_fraction"] = self.dead.dead.float().mean().item()
+        metrics = self.held_out()
+        metrics["dead_fraction"] = self.dead_fraction()
         return TrainResult(
             model=self.model,
             steps=self.step,
