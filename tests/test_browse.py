@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from sdlkit.browse import ScanOptions, scan_store
+from sdlkit.browse import LatentScan, ScanOptions, scan_store
+from sdlkit.browse import site as site_module
 from sdlkit.browse.site import nearest_latents
+from sdlkit.core import model as model_module
+from sdlkit.core.kernels import SparseCodes
 from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.store import ActivationStore, StoreWriter
 
@@ -80,6 +84,64 @@ def test_scan_equals_a_dense_computation(small):
             assert float(scan.context_acts[k, latent, slot]) == pytest.approx(act, abs=1e-6)
         assert int(scan.top_samples[k, latent]) == int(data["sample"][row])
         assert int(scan.top_labels[k, latent]) == int(data["label"][row])
+
+
+def assert_same_scan(got: LatentScan, want: LatentScan) -> None:
+    for field in dataclasses.fields(LatentScan):
+        a, b = getattr(got, field.name), getattr(want, field.name)
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            torch.testing.assert_close(a, b, msg=field.name)
+        else:
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, field.name
+
+
+@pytest.mark.parametrize("method", [{"name": "topk", "k": 3}, "relu"])
+def test_scan_never_builds_a_batch_of_dense_codes(small, monkeypatch, method):
+    """TopK: the codes are the sparse kernel's entries (to_dense and encode would fail); any method: the
+    forward sees row blocks of at most BLOCK_ENTRIES codes (here 3 rows of 24 latents). The scan is the one a
+    dense-kernel copy of the dictionary gives with whole batches."""
+    folder, _, _ = small
+    store = ActivationStore(folder)
+    torch.manual_seed(4)
+    model = SparseDictionary(ModelConfig(n_in=8, n_latents=24, method=method))
+    dense = SparseDictionary(model.config.model_copy(update={"kernel": "dense"}))
+    dense.load_state_dict(model.state_dict())
+    options = ScanOptions(top_k=4, window=2, bins=5, batch_size=17, progress=False)
+    want = scan_store(dense, store, ["x"], options)
+    seen = []
+    forward = SparseDictionary.forward
+
+    def spy(self, x_p):
+        seen.append(len(x_p))
+        return forward(self, x_p)
+
+    def refuse(*args):
+        raise AssertionError("dense codes were built")
+
+    monkeypatch.setattr(model_module, "BLOCK_ENTRIES", 3 * 24)
+    monkeypatch.setattr(SparseDictionary, "forward", spy)
+    monkeypatch.setattr(SparseDictionary, "encode", refuse)
+    monkeypatch.setattr(SparseCodes, "to_dense", refuse)
+    assert_same_scan(scan_store(model, store, ["x"], options), want)
+    assert max(seen) == (17 if model.config.sparse_kernel else 3)
+
+
+def test_pages_are_the_same_written_in_blocks(small, tmp_path, monkeypatch):
+    """The site's latent pages, converted PAGE_BLOCK latents at a time, do not depend on PAGE_BLOCK."""
+    from sdlkit.browse import build_browser
+    from sdlkit.io import save
+
+    folder, model, _ = small
+    save(model, tmp_path / "ckpt")
+    options = ScanOptions(top_k=3, window=2, progress=False)
+    build_browser(tmp_path / "ckpt", folder, tmp_path / "whole", options=options)
+    monkeypatch.setattr(site_module, "PAGE_BLOCK", 5)
+    summary = build_browser(tmp_path / "ckpt", folder, tmp_path / "blocks", options=options)
+    assert summary["pages"] > 10
+    for name in ("index.js", *(f"latents/{i}.js" for i in range(24))):
+        whole, blocks = tmp_path / "whole" / "data" / name, tmp_path / "blocks" / "data" / name
+        assert whole.exists() == blocks.exists()
+        assert not whole.exists() or whole.read_text() == blocks.read_text(), name
 
 
 def test_nearest_latents_by_decoder_cosine():

@@ -14,6 +14,7 @@ from safetensors import safe_open
 import sdlkit
 from conftest import tiny_values
 from sdlkit.cli.main import main
+from sdlkit.eval import consistency as consistency_module
 from sdlkit.eval.consistency import pw_mcc
 from sdlkit.io import read_config, resolve_checkpoint
 from test_store_training import class_store
@@ -74,6 +75,24 @@ def test_compare_refuses_one_run_and_mismatched_runs(lrb_runs, tmp_path, capsys)
     sdlkit.save(sdlkit.SparseDictionary(sdlkit.ModelConfig(n_in=7, n_latents=4, method={"name": "relu"})), other)
     assert main(["compare", lrb_runs[0], str(other)]) == 2
     assert "different dimensions" in capsys.readouterr().err
+
+
+def test_compare_refuses_exact_matching_above_the_limit_and_names_candidates(lrb_runs, tmp_path, capsys, monkeypatch):
+    """Above EXACT_LIMIT pairs (here lowered to below 64 x 64) exact matching is refused in one line that names
+    --candidates; with it, compare runs (K = 64 takes every pair: the exact value)."""
+    models = [sdlkit.load(run) for run in lrb_runs[:2]]
+    exact = pw_mcc(models[0].W_D.detach(), models[1].W_D.detach())
+    monkeypatch.setattr(consistency_module, "EXACT_LIMIT", 64 * 64 - 1)
+    capsys.readouterr()
+    assert main(["compare", *lrb_runs[:2]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdlkit: error: exact matching of 64 x 64 latents needs a 32.8 KB cost matrix")
+    assert "pass --candidates K" in err and err.count("\n") == 1
+    out = tmp_path / "anchors.safetensors"
+    assert main(["anchors", "discover", *lrb_runs[:2], "--out", str(out)]) == 2
+    assert "pass --candidates K" in capsys.readouterr().err and not out.exists()
+    assert main(["compare", *lrb_runs[:2], "--candidates", "64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mean_pw_mcc"] == pytest.approx(exact, abs=1e-6)  # float32 |cos|
 
 
 def test_discover_checks_its_device_first(tmp_path, capsys):

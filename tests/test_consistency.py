@@ -10,6 +10,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from sdlkit.errors import ConfigError, ShapeError
+from sdlkit.eval import consistency as consistency_module
 from sdlkit.eval.consistency import consistency, match_dictionaries, pw_mcc
 
 
@@ -75,6 +76,53 @@ def test_candidates_give_a_lower_bound_that_is_exact_when_large_enough():
     exact = pw_mcc(A, B)
     assert pw_mcc(A, B, candidates=2) <= exact + 1e-12
     assert pw_mcc(A, B, candidates=30) == pytest.approx(exact, abs=1e-12)
+
+
+def test_candidate_matching_is_the_best_matching_over_the_candidate_pairs(monkeypatch):
+    """The bounded matching against scipy's Hungarian on the dense |cos| matrix with every pair that is not a
+    candidate (among a latent's k nearest, either way) set to 0, which is as good as unmatched; the candidate
+    search in blocks of 3 latents finds the same pairs as in one block."""
+    L_A, L_B, k = 23, 17, 3
+    A, B = random_dictionary(6, L_A, 0), random_dictionary(6, L_B, 1)
+    sims = ((A / A.norm(dim=0)).T @ (B / B.norm(dim=0))).abs()
+    candidate = torch.zeros(L_A, L_B, dtype=torch.bool)
+    candidate.scatter_(1, sims.topk(k, dim=1).indices, True)  # each latent of A: its k nearest of B
+    candidate.scatter_(0, sims.topk(k, dim=0).indices, True)  # each latent of B: its k nearest of A
+    masked = torch.where(candidate, sims, 0.0).numpy()
+    rows, cols = linear_sum_assignment(masked, maximize=True)
+    whole = match_dictionaries(A, B, candidates=k)
+    assert whole.pw_mcc == pytest.approx(masked[rows, cols].sum() / L_B, abs=1e-12)
+    assert whole.pw_mcc < pw_mcc(A, B)  # here the optimum needs a pair outside the candidates
+    matched = whole.partner >= 0
+    assert candidate[torch.arange(L_A)[matched], whole.partner[matched]].all()
+    assert torch.equal(whole.scores[matched], sims[torch.arange(L_A)[matched], whole.partner[matched]])
+    monkeypatch.setattr(consistency_module, "BLOCK_ENTRIES", 3 * L_B)
+    blocked = match_dictionaries(A, B, candidates=k)
+    assert torch.equal(blocked.partner, whole.partner) and torch.equal(blocked.scores, whole.scores)
+
+
+def test_candidates_find_the_exact_matching_of_a_permuted_noisy_copy():
+    A = random_dictionary(16, 40, 0)
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(1))
+    B = A[:, perm] + 0.1 * random_dictionary(16, 40, 2)
+    exact, bounded = match_dictionaries(A, B), match_dictionaries(A, B, candidates=2)
+    assert torch.equal(bounded.partner, exact.partner) and torch.equal(perm[exact.partner], torch.arange(40))
+    assert bounded.pw_mcc == pytest.approx(exact.pw_mcc, abs=1e-12)
+    assert torch.equal(bounded.signs, exact.signs)
+
+
+def test_exact_matching_above_the_limit_is_refused_naming_the_bounded_option(monkeypatch):
+    monkeypatch.setattr(consistency_module, "EXACT_LIMIT", 20 * 20)
+    A, B = random_dictionary(4, 21, 0), random_dictionary(4, 20, 1)
+    with pytest.raises(ConfigError) as refused:
+        pw_mcc(A, B)
+    assert str(refused.value) == (
+        "exact matching of 21 x 20 latents needs a 3.4 KB cost matrix and time cubic in the width (above 400 pairs "
+        "it is refused): pass --candidates K (e.g. 8; candidates=K in Python) to match each latent among its K "
+        "most similar, a lower bound on PW-MCC"
+    )
+    assert pw_mcc(A, B, candidates=20) == pytest.approx(direct_pw_mcc(A, B), abs=1e-12)
+    assert pw_mcc(A[:, :20], B) == pytest.approx(direct_pw_mcc(A[:, :20], B), abs=1e-12)  # at the limit: exact
 
 
 def test_consistency_matrix_and_latent_scores():

@@ -44,6 +44,18 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, method):
     assert torch.equal(model(x).x_hat, loaded(x).x_hat)
 
 
+@pytest.mark.parametrize("method", SPECS)
+def test_load_fills_allocated_tensors_without_a_random_initialisation(tmp_path, method):
+    """The loaded dictionary is built on the meta device, then filled from the file: no random draw (torch's
+    global generator is left as it was) and none of the initialisation's float64 copies."""
+    sdlkit.save(randomised(method), tmp_path / "ckpt")
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    loaded = sdlkit.load(tmp_path / "ckpt")
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(t.device.type == "cpu" for t in loaded.named_tensors().values())
+
+
 def test_round_trip_float64_transcoder_without_bias(tmp_path):
     model = randomised("relu", n_out=6, bias=False, dtype="float64")
     sdlkit.save(model, tmp_path / "ckpt")

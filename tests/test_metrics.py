@@ -1,7 +1,10 @@
 """Held-out reconstruction metrics against direct computations."""
 
+import pytest
 import torch
 
+from sdlkit.core import model as model_module
+from sdlkit.core.kernels import SparseCodes
 from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.data import Batch
 from sdlkit.eval.metrics import reconstruction_metrics
@@ -45,3 +48,33 @@ def test_dense_fraction_counts_latents_firing_on_more_than_the_threshold():
     assert m["n_samples"] == 400
     assert abs(m["dense_fraction"] - (frequency > 0.1).float().mean().item()) < 1e-9
     assert 0 < m["dense_fraction"] <= 1  # random ReLU codes fire on about half the inputs
+
+
+@pytest.mark.parametrize("method", [{"name": "topk", "k": 3}, "relu"])
+def test_metrics_never_hold_more_than_a_block_of_dense_codes(method, monkeypatch):
+    """The forward runs on row blocks of at most BLOCK_ENTRIES codes (here 5 rows of 20 latents) and the TopK
+    family's fire counts come from its sparse entries (to_dense would fail); the numbers are one forward's."""
+    torch.manual_seed(3)
+    model = SparseDictionary(ModelConfig(n_in=6, n_latents=20, method=method))
+    x = torch.randn(64, 6)
+    out = model(x)
+    err, total = (x - out.x_hat).pow(2).sum(), (x - x.mean(0)).pow(2).sum()
+    fired = out.x_q != 0
+    seen = []
+    forward = SparseDictionary.forward
+
+    def spy(self, x_p):
+        seen.append(len(x_p))
+        return forward(self, x_p)
+
+    def dense(self):
+        raise AssertionError("a dense x_q was built")
+
+    monkeypatch.setattr(model_module, "BLOCK_ENTRIES", 5 * 20)
+    monkeypatch.setattr(SparseDictionary, "forward", spy)
+    monkeypatch.setattr(SparseCodes, "to_dense", dense)
+    m = reconstruction_metrics(model, Batch(x, x), chunk_size=32)
+    assert max(seen) == (32 if model.config.sparse_kernel else 5)  # the sparse kernel is bounded on its own
+    assert m["mse"] == pytest.approx(err.item() / 64, rel=1e-6) and m["fvu"] == pytest.approx((err / total).item())
+    assert m["l0"] == fired.sum().item() / 64
+    assert m["never_fired_fraction"] == (~fired.any(0)).double().mean().item()

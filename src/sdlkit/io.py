@@ -280,7 +280,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
         model_config = ModelConfig.model_validate(config["model"])
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"{folder / CONFIG_FILE} does not describe a dictionary: {err}") from None
-    model = SparseDictionary(model_config)
+    model = SparseDictionary.empty(model_config)
     load_weights(model, load_tensors(folder / WEIGHTS_FILE), folder)
     return model.to(device)
 

@@ -7,8 +7,11 @@ inputs (for the nearest class mean). Pass 2: the histogram of each latent's non-
 `bins` equal bins over (0, max], and the latent's activation at the `window` rows either side of each of
 its top rows (a store keeps a sample's tokens as consecutive rows, so these are its context).
 
-Memory is O(n_latents · (top_k · (2·window + 1) + bins + n_labels)) plus one batch of codes
-[batch_size, n_latents]: the store's [rows, n_latents] codes never exist.
+Codes are read as their non-zero entries (row, latent, value): from the sparse kernel where the method has
+one, else from dense codes of a bounded row block (`SparseDictionary.blocks`). So neither the store's
+[rows, n_latents] codes nor a batch's exist for the TopK family, and for the others at most one block does.
+Memory is O(n_latents · (top_k · (2·window + 1) + bins + n_labels)): mostly the contexts' codes, token ids
+and positions (20 bytes a slot), filled from the top rows sorted by row ([top_k, n_latents]).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class ScanOptions:
     bins: int = 32
     """Histogram bins over (0, max activation] of each latent."""
     batch_size: int = 2048
-    """Rows encoded at a time (the only [rows, n_latents] tensor is one batch of codes)."""
+    """Rows read from the store at a time (encoded in row blocks of bounded size, see the module docstring)."""
     max_rows: int | None = None
     """Scan only the store's first rows (None: all)."""
     progress: bool = True
@@ -81,16 +84,15 @@ def _batches(store: ActivationStore, modules: list[str], options: ScanOptions, d
             bar.update(len(part[SAMPLE_KEY]))
 
 
-def _codes(model: SparseDictionary, part: dict[str, torch.Tensor], modules: list[str]) -> torch.Tensor:
+def _entries(
+    model: SparseDictionary, part: dict[str, torch.Tensor], modules: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The non-zero codes of a batch as (row, latent, value), each [nnz] on the CPU (value float32), rows
+    ascending: every statistic is computed from these (a TopK code has k of n_latents entries per row)."""
     x = torch.cat([part[name] for name in modules], dim=1) if len(modules) > 1 else part[modules[0]]
-    return model.encode(x.to(model.W_E.device, model.W_E.dtype)).float().cpu()
-
-
-def _entries(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The non-zero codes of a batch as (row, latent, value), each [nnz]: every statistic is computed from
-    these (a TopK code has k of n_latents entries per row), not from the dense [batch, n_latents]."""
-    row, latent = codes.nonzero(as_tuple=True)
-    return row, latent, codes[row, latent]
+    found = [(start, *out.entries()) for start, out in model.blocks(x.to(model.W_E.device, model.W_E.dtype))]
+    row = torch.cat([r + start for start, r, _, _ in found]).cpu()
+    return row, torch.cat([f[2] for f in found]).cpu(), torch.cat([f[3] for f in found]).float().cpu()
 
 
 def _batch_top(
@@ -143,30 +145,43 @@ def _first_pass(model: SparseDictionary, store: ActivationStore, modules: list[s
         "max": torch.zeros(L),
         "top_values": torch.zeros(K, L),
         "top_rows": torch.full((K, L), -1, dtype=torch.int64),
+        "top_samples": torch.full((K, L), -1, dtype=torch.int64),
+        "top_labels": torch.full((K, L), -1, dtype=torch.int64) if n_labels else None,
         "label_counts": torch.zeros(L * n_labels, dtype=torch.int64) if n_labels else None,
         "label_rows": torch.zeros(n_labels, dtype=torch.int64) if n_labels else None,
         "class_sums": torch.zeros(n_labels, model.n_in, dtype=torch.float64) if n_labels else None,
     }
     for lo, part in _batches(store, modules, options, "browse 1/2"):
-        codes = _codes(model, part, modules)
-        out["rows"] += codes.shape[0]
-        row, latent, value = _entries(codes)
+        row, latent, value = _entries(model, part, modules)
+        out["rows"] += len(part[SAMPLE_KEY])
         out["count"] += torch.bincount(latent, minlength=L)
         out["total"] += torch.bincount(latent, weights=value.double(), minlength=L)
         out["max"].scatter_reduce_(0, latent, value, reduce="amax")
-        values, rows = _batch_top(row, latent, value, L, K)  # [K, L]: this batch's best rows per latent
-        merged_values = torch.cat([out["top_values"], values])
-        merged_rows = torch.cat([out["top_rows"], torch.where(rows >= 0, rows + lo, -1)])
-        best = merged_values.topk(K, dim=0)
-        out["top_values"], out["top_rows"] = best.values, merged_rows.gather(0, best.indices)
+        _merge_top(out, part, lo, *_batch_top(row, latent, value, L, K))
         if n_labels:
             labels = part[LABEL_KEY]
             out["label_counts"] += torch.bincount(latent * n_labels + labels[row], minlength=L * n_labels)
             out["label_rows"] += torch.bincount(labels, minlength=n_labels)
             x = torch.cat([part[name] for name in modules], dim=1).double()
             out["class_sums"].index_add_(0, labels, x)
-    out["top_rows"][out["top_values"] <= 0] = -1
+    none = out["top_values"] <= 0
+    for key in ("top_rows", "top_samples", "top_labels"):
+        if out[key] is not None:
+            out[key][none] = -1
     return out
+
+
+def _merge_top(out: dict, part: dict[str, torch.Tensor], lo: int, values: torch.Tensor, rows: torch.Tensor) -> None:
+    """Merge a batch's top entries (values, batch rows [K, L]) into the running top K, with each top row's store
+    row, sample and label."""
+    has = rows >= 0
+    at = rows.clamp(min=0)
+    merged = torch.cat([out["top_values"], values]).topk(out["top_values"].shape[0], dim=0)
+    out["top_values"] = merged.values
+    for key, column in (("top_rows", None), ("top_samples", SAMPLE_KEY), ("top_labels", LABEL_KEY)):
+        if out[key] is not None:
+            batch = torch.where(has, rows + lo if column is None else part[column][at], -1)
+            out[key] = torch.cat([out[key], batch]).gather(0, merged.indices)
 
 
 def _second_pass(
@@ -174,85 +189,77 @@ def _second_pass(
 ) -> LatentScan:
     """Histograms and top-row contexts, then the LatentScan of both passes."""
     L, bins = model.n_latents, options.bins
-    contexts = _Contexts.wanted(first["top_rows"], options.window, first["rows"], store.labels is not None)
+    contexts = _Contexts.wanted(first["top_rows"], first["top_samples"], options.window)
     hist = torch.zeros(L * bins, dtype=torch.int64)
     scale = bins / first["max"].clamp(min=1e-30)
     for lo, part in _batches(store, modules, options, "browse 2/2"):
-        codes = _codes(model, part, modules)
-        _, latent, value = _entries(codes)
+        row, latent, value = _entries(model, part, modules)
         which = (value * scale[latent]).long().clamp(max=bins - 1)
         hist += torch.bincount(latent * bins + which, minlength=L * bins)
-        contexts.fill(lo, codes, part)
+        contexts.fill(lo, (row, latent, value), part)
     return _latent_scan(first, hist.view(L, bins), contexts, store)
 
 
 @dataclass
 class _Contexts:
-    """The (row, latent) entries the top rows' contexts need, and their values as the second pass reads them.
+    """The codes, token ids and positions of the rows around each top row, as the second pass reads them.
 
-    Flat over slots of [K, L, W] (top rank, latent, offset -window … +window); the wanted entries are
-    sorted by row so each batch fills one slice."""
+    Flat over slots of [K, L, W] (top rank, latent, offset -window … +window). The top rows [K, L] are
+    sorted by row once, so each batch finds the top rows whose windows reach into it by a binary search."""
 
     shape: tuple[int, int, int]  # (K, L, W)
-    want_rows: torch.Tensor  # int64 [wanted]: store row of each wanted entry, ascending
-    want_latent: torch.Tensor  # int64 [wanted]: its latent
-    slot: torch.Tensor  # int64 [wanted]: its flat slot in [K, L, W]
+    sorted_rows: torch.Tensor  # int64 [tops]: the store row of every top row, ascending
+    sorted_top: torch.Tensor  # int64 [tops]: its flat index k·L + latent in [K, L]
+    top_samples: torch.Tensor  # int64 [K·L]: the sample of each top row
     acts: torch.Tensor  # float32 [K·L·W]: the latent's code at that row (0 until filled)
     tokens: torch.Tensor  # int64 [K·L·W]: token id of that row (-1 until filled)
     positions: torch.Tensor  # int64 [K·L·W]: its position in its sample
-    samples: torch.Tensor  # int64 [K·L·W]: its sample
-    labels: torch.Tensor | None  # int64 [K·L·W]: its label (labelled stores)
 
     @classmethod
-    def wanted(cls, top_rows: torch.Tensor, window: int, rows: int, labelled: bool) -> _Contexts:
-        """Every (row, latent) pair within `window` rows of a top row [K, L] (inside [0, rows)), unfilled."""
+    def wanted(cls, top_rows: torch.Tensor, top_samples: torch.Tensor, window: int) -> _Contexts:
+        """Contexts for the top rows [K, L] (-1: none) and their samples [K, L], unfilled."""
         K, L = top_rows.shape
-        offsets = torch.arange(-window, window + 1)
-        W = len(offsets)
-        want = top_rows[:, :, None] + offsets  # [K, L, W]
-        valid = (top_rows[:, :, None] >= 0) & (want >= 0) & (want < rows)
-        slot = valid.flatten().nonzero().squeeze(1)
-        want_rows = want.flatten()[slot]
-        want_latent = torch.arange(L)[None, :, None].expand(K, L, W).flatten()[slot]
-        order = torch.sort(want_rows, stable=True).indices
+        W = 2 * window + 1
+        flat = top_rows.flatten()
+        top = (flat >= 0).nonzero().squeeze(1)
+        sorted_rows, order = torch.sort(flat[top], stable=True)
         size = K * L * W
-
-        def unset() -> torch.Tensor:
-            return torch.full((size,), -1, dtype=torch.int64)
-
         return cls(
             (K, L, W),
-            want_rows[order],
-            want_latent[order],
-            slot[order],
+            sorted_rows,
+            top[order],
+            top_samples.flatten(),
             torch.zeros(size),
-            unset(),
-            unset(),
-            unset(),
-            unset() if labelled else None,
+            torch.full((size,), -1, dtype=torch.int64),
+            torch.full((size,), -1, dtype=torch.int64),
         )
 
-    def fill(self, lo: int, codes: torch.Tensor, part: dict[str, torch.Tensor]) -> None:
-        """Take the wanted entries among store rows [lo, lo + len(codes)) from a batch's codes and columns."""
-        a, b = torch.searchsorted(self.want_rows, torch.tensor([lo, lo + codes.shape[0]])).tolist()
-        here, at = self.want_rows[a:b] - lo, self.slot[a:b]
-        self.acts[at] = codes[here, self.want_latent[a:b]]
-        self.samples[at] = part[SAMPLE_KEY][here]
+    def fill(self, lo: int, entries: tuple[torch.Tensor, ...], part: dict[str, torch.Tensor]) -> None:
+        """Fill the slots whose row is among store rows [lo, lo + n) and in its top row's sample, from the batch's
+        code entries (row, latent, value) and columns."""
+        _, L, W = self.shape
+        n, window = len(part[SAMPLE_KEY]), W // 2
+        a, b = torch.searchsorted(self.sorted_rows, torch.tensor([lo - window, lo + n + window])).tolist()
+        rows = self.sorted_rows[a:b, None] + torch.arange(-window, window + 1) - lo  # [m, W], batch rows
+        top = self.sorted_top[a:b, None].expand_as(rows)
+        slot = top * W + torch.arange(W)
+        inside = (rows >= 0) & (rows < n)
+        here, top, slot = rows[inside], top[inside], slot[inside]
+        same = part[SAMPLE_KEY][here] == self.top_samples[top]  # rows of another sample are not context
+        here, top, slot = here[same], top[same], slot[same]
+        self.acts[slot] = _code_at(entries, here, top % L, L)
         if TOKEN_KEY in part:
-            self.tokens[at], self.positions[at] = part[TOKEN_KEY][here], part[POSITION_KEY][here]
-        if self.labels is not None:
-            self.labels[at] = part[LABEL_KEY][here]
+            self.tokens[slot], self.positions[slot] = part[TOKEN_KEY][here], part[POSITION_KEY][here]
 
-    def trimmed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(acts, tokens, positions) [K, L, W] with the rows of another sample than the top row's blanked
-        (0 / -1), then the top rows' samples and labels [K, L] (labels None on an unlabelled store)."""
-        acts, tokens, positions = (x.view(self.shape) for x in (self.acts, self.tokens, self.positions))
-        samples, centre = self.samples.view(self.shape), self.shape[2] // 2
-        top_samples = samples[:, :, centre]
-        outside = samples != top_samples[:, :, None]  # rows of another sample are not context
-        acts[outside], tokens[outside], positions[outside] = 0.0, -1, -1
-        labels = self.labels.view(self.shape)[:, :, centre] if self.labels is not None else None
-        return acts, tokens, positions, top_samples, labels
+
+def _code_at(entries: tuple[torch.Tensor, ...], row: torch.Tensor, latent: torch.Tensor, L: int) -> torch.Tensor:
+    """The codes at (row, latent) [m] from a batch's non-zero entries (row, latent, value): 0 where none."""
+    want = row * L + latent
+    if len(entries[0]) == 0:
+        return torch.zeros(len(want))
+    keys, order = torch.sort(entries[0] * L + entries[1])
+    at = torch.searchsorted(keys, want).clamp(max=len(keys) - 1)
+    return torch.where(keys[at] == want, entries[2][order[at]], 0.0)
 
 
 def _latent_scan(first: dict, hist: torch.Tensor, contexts: _Contexts, store: ActivationStore) -> LatentScan:
@@ -262,7 +269,6 @@ def _latent_scan(first: dict, hist: torch.Tensor, contexts: _Contexts, store: Ac
     if n_labels:
         class_means = first["class_sums"] / first["label_rows"].clamp(min=1)[:, None].double()
     L = hist.shape[0]
-    acts, tokens, positions, top_samples, top_labels = contexts.trimmed()
     return LatentScan(
         rows=first["rows"],
         count=first["count"],
@@ -271,11 +277,11 @@ def _latent_scan(first: dict, hist: torch.Tensor, contexts: _Contexts, store: Ac
         top_values=first["top_values"],
         top_rows=first["top_rows"],
         hist=hist,
-        context_acts=acts,
-        context_tokens=tokens,
-        context_positions=positions,
-        top_samples=top_samples,
-        top_labels=top_labels,
+        context_acts=contexts.acts.view(contexts.shape),
+        context_tokens=contexts.tokens.view(contexts.shape),
+        context_positions=contexts.positions.view(contexts.shape),
+        top_samples=first["top_samples"],
+        top_labels=first["top_labels"],
         label_counts=first["label_counts"].view(L, n_labels) if n_labels else None,
         label_rows=first["label_rows"],
         class_means=class_means,

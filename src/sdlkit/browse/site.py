@@ -25,6 +25,7 @@ import torch
 
 from sdlkit.browse.scan import LatentScan
 from sdlkit.browse.tokens import TokenText
+from sdlkit.core.model import BLOCK_ENTRIES
 
 ASSETS = Path(__file__).parent / "assets"
 PAGES = ("index.html", "latent.html")
@@ -37,6 +38,8 @@ INDEX_TEXT = 60
 """Characters of a whole-sample row's text in the index."""
 EXAMPLE_TEXT = 600
 """Characters of a whole-sample row's text on its latent's page."""
+PAGE_BLOCK = 1024
+"""Latent pages whose data is converted to Python lists at a time (memory: this many pages' contexts)."""
 
 
 def _js(path: Path, name: str, value: Any) -> None:
@@ -50,12 +53,16 @@ def _round(values: torch.Tensor, digits: int = 4) -> list[float]:
     return [float(f"{v:.{digits}g}") for v in values.tolist()]
 
 
-def nearest_latents(W_D: torch.Tensor, k: int = NEIGHBOURS, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_latents(
+    W_D: torch.Tensor, k: int = NEIGHBOURS, chunk: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For each latent, the k other latents whose decoder columns are closest in cosine: (ids [L, k] int64,
-    cosines [L, k]), computed `chunk` latents at a time ([chunk, L] similarities, never [L, L])."""
+    cosines [L, k]), computed `chunk` latents at a time ([chunk, L] similarities, never [L, L]; default: about
+    BLOCK_ENTRIES similarities a chunk). Time O(L²·n_out): the browser's one cost that is quadratic in L."""
     W = torch.nn.functional.normalize(W_D.detach().float(), dim=0)
     L = W.shape[1]
     k = min(k, L - 1)
+    chunk = chunk or max(1, BLOCK_ENTRIES // L)
     ids, cos = [], []
     for lo in range(0, L, chunk):
         sims = W[:, lo : lo + chunk].T @ W  # [c, L]
@@ -111,38 +118,53 @@ def write_site(
     }
     _js(out / "data" / "meta.js", "SDL_META", {**meta, "labels": labels, "anchored": anchored, "n_latents": L})
     _js(out / "data" / "index.js", "SDL_INDEX", index)
-    columns = _per_latent_columns(scan)
-    for i in live:
-        page = {
-            "id": i,
-            "count": int(scan.count[i]),
-            "freq": index["freq"][i],
-            "max": index["max"][i],
-            "mean": index["mean"][i],
-            "hist": columns["hist"][i],
-            "near": [[a, b] for a, b in zip(neighbour_ids[i].tolist(), _round(neighbour_cos[i], 3), strict=True)],
-            "tokens": top_tokens[i],
-            "examples": _examples(scan, i, text, columns),
-        }
-        if classes is not None and cos is not None:
-            page["classes"] = [[a, b] for a, b in zip(classes[i].tolist(), _round(cos[i], 3), strict=True)]
-        if scan.label_counts is not None:
-            counts = scan.label_counts[i]
-            top = counts.topk(min(LABELS_SHOWN, counts.shape[0]))
-            page["labels"] = [[a, b] for a, b in zip(top.indices.tolist(), top.values.tolist(), strict=True) if b > 0]
-        _js(out / "data" / "latents" / f"{i}.js", "SDL_LATENT", page)
+    near = (neighbour_ids, neighbour_cos)
+    nearest = (classes, cos) if classes is not None and cos is not None else None
+    for lo in range(0, len(live), PAGE_BLOCK):
+        block = live[lo : lo + PAGE_BLOCK]
+        columns = _per_latent_columns(scan, torch.tensor(block, dtype=torch.int64))
+        for j, i in enumerate(block):
+            page = {
+                "id": i,
+                "count": int(scan.count[i]),
+                "freq": index["freq"][i],
+                "max": index["max"][i],
+                "mean": index["mean"][i],
+                "hist": columns["hist"][j],
+                "near": _pairs(near, i, 3),
+                "tokens": top_tokens[i],
+                "examples": _examples(scan, j, text, columns),
+            }
+            if nearest is not None:
+                page["classes"] = _pairs(nearest, i, 3)
+            if columns["label_top"] is not None:
+                ids, counts = columns["label_top"]
+                page["labels"] = [[a, b] for a, b in zip(ids[j], counts[j], strict=True) if b > 0]
+            _js(out / "data" / "latents" / f"{i}.js", "SDL_LATENT", page)
     return len(live)
 
 
-def _per_latent_columns(scan: LatentScan) -> dict[str, list]:
-    """The scan's tensors as nested lists indexed [latent][...] (one conversion each, not one per latent)."""
+def _pairs(table: tuple[torch.Tensor, torch.Tensor], i: int, digits: int) -> list[list]:
+    """Row i of (ids [L, k], values [L, k]) as [[id, value], ...], values rounded to `digits` digits."""
+    return [[a, b] for a, b in zip(table[0][i].tolist(), _round(table[1][i], digits), strict=True)]
+
+
+def _per_latent_columns(scan: LatentScan, block: torch.Tensor) -> dict[str, Any]:
+    """The scan's tensors for the latents `block` [b] as nested lists indexed [position in block][...] (one
+    conversion per block of pages, not one per latent, and never the whole [L, K, W] at once)."""
+    label_top = None
+    if scan.label_counts is not None:
+        counts = scan.label_counts[block]
+        top = counts.topk(min(LABELS_SHOWN, counts.shape[1]), dim=1)
+        label_top = (top.indices.tolist(), top.values.tolist())
     return {
-        "hist": scan.hist.tolist(),
-        "values": scan.top_values.T.tolist(),
-        "samples": scan.top_samples.T.tolist(),
-        "labels": scan.top_labels.T.tolist() if scan.top_labels is not None else None,
-        "acts": scan.context_acts.permute(1, 0, 2).tolist(),
-        "ids": scan.context_tokens.permute(1, 0, 2).tolist(),
+        "hist": scan.hist[block].tolist(),
+        "values": scan.top_values[:, block].T.tolist(),
+        "samples": scan.top_samples[:, block].T.tolist(),
+        "labels": scan.top_labels[:, block].T.tolist() if scan.top_labels is not None else None,
+        "acts": scan.context_acts[:, block].permute(1, 0, 2).tolist(),
+        "ids": scan.context_tokens[:, block].permute(1, 0, 2).tolist(),
+        "label_top": label_top,
     }
 
 
@@ -163,10 +185,10 @@ def _snippet(text: str, limit: int) -> str:
 
 
 def _examples(
-    scan: LatentScan, i: int, text: tuple[TokenText, dict[int, str]], columns: dict[str, list]
+    scan: LatentScan, i: int, text: tuple[TokenText, dict[int, str]], columns: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """The latent's top rows: activation v, sample s, label l, context tokens t with codes a, the top row at
-    c, and for a row that stands for a whole sample its text x (when known)."""
+    """The top rows of the latent at position i of `columns`' block: activation v, sample s, label l, context
+    tokens t with codes a, the top row at c, and for a row that stands for a whole sample its text x (when known)."""
     tokens, texts = text
     examples = []
     centre = (scan.context_tokens.shape[2] - 1) // 2

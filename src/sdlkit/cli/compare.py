@@ -59,7 +59,8 @@ def _matching_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="K",
-        help="match each latent among its K most similar only (a lower bound; for large dictionaries; default exact)",
+        help="match each latent among its K most similar only: a lower bound in bounded memory, for large "
+        "dictionaries (default exact, which is refused above 16,384 x 16,384 latents)",
     )
 
 

@@ -54,6 +54,24 @@ class Forward:
         """bool [n_latents]: latents with a non-zero code in some sample of the batch."""
         return self.codes.fired() if self.codes is not None else (self.x_q.detach() != 0).any(dim=0)
 
+    def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x_q's non-zero codes as (row, latent, value), each [nnz], without gradient: read off the sparse
+        kernel's entries where it ran (no [B, n_latents] tensor is built), else off the dense x_q."""
+        if self.codes is not None:
+            values = self.codes.values.detach()
+            keep = values != 0
+            return self.codes.pattern.rows[keep], self.codes.pattern.latents[keep], values[keep]
+        x_q = self.x_q.detach()
+        row, latent = x_q.nonzero(as_tuple=True)
+        return row, latent, x_q[row, latent]
+
+    def fire_counts(self) -> torch.Tensor:
+        """int64 [n_latents]: the rows of the batch in which each latent's code is non-zero."""
+        if self.codes is not None:
+            pattern = self.codes.pattern
+            return torch.bincount(pattern.latents[self.codes.values.detach() != 0], minlength=pattern.n_latents)
+        return (self.x_q.detach() != 0).sum(dim=0)
+
     def count_nonzero(self) -> torch.Tensor:
         """Non-zero codes in the batch (0-dim tensor): B times the mean L0."""
         return self.codes.count_nonzero() if self.codes is not None else torch.count_nonzero(self.x_q.detach())

@@ -35,6 +35,9 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 SPARSE_CHUNK_ENTRIES = 1 << 23
 """The sparse kernel computes z in row blocks of about this many entries (32 MB in float32, one buffer
 reused for every block): far below [B, n_latents], large enough for a full-speed GEMM."""
+BLOCK_ENTRIES = 1 << 24
+"""`SparseDictionary.blocks` runs the forward on row blocks of about this many codes (64 MB of a dense
+[rows, n_latents] float32 x_q), so evaluation and the browser hold no more whatever the batch size."""
 
 
 class ModelConfig(BaseModel):
@@ -154,12 +157,13 @@ def check_fits(config: ModelConfig, device: str | torch.device, copies: int, wha
     if free is not None and need > free:
         raise ConfigError(
             f"model.n_latents = {config.n_latents} with n_in = {config.n_in}, n_out = {config.n_out} is "
-            f"{n_params:,} parameters: {what} need {_size(need)} but {torch.device(device)} has {_size(free)} "
-            "free; lower model.n_latents"
+            f"{n_params:,} parameters: {what} need {format_size(need)} but {torch.device(device)} has "
+            f"{format_size(free)} free; lower model.n_latents"
         )
 
 
-def _size(n_bytes: float) -> str:
+def format_size(n_bytes: float) -> str:
+    """A byte count for people: '34.4 GB' (powers of 1000)."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n_bytes < 1000 or unit == "TB":
             return f"{n_bytes:,.1f} {unit}"
@@ -202,6 +206,15 @@ class SparseDictionary(nn.Module):
         self.b_E = nn.Parameter(torch.zeros(n_latents, dtype=dtype)) if config.bias else None
         self.b_D = nn.Parameter(torch.zeros(n_out, dtype=dtype)) if config.bias else None
         self.activation.to(dtype)
+
+    @classmethod
+    def empty(cls, config: ModelConfig) -> SparseDictionary:
+        """A dictionary of `config` whose tensors are allocated on the CPU but hold no values yet, for weights
+        about to be loaded: built on the meta device, so the random initialisation and its float64 copies
+        (several times the weights' size) never exist."""
+        with torch.device("meta"):
+            model = cls(config)
+        return model.to_empty(device="cpu")
 
     # ----- shapes -------------------------------------------------------------------------------
     @property
@@ -247,6 +260,15 @@ class SparseDictionary(nn.Module):
         z = self.pre_activations(x_p)
         x_q = self.activation(z)
         return Forward(self.decode(x_q), z=z, x_q=x_q)
+
+    def blocks(self, x_p: torch.Tensor) -> Iterator[tuple[int, Forward]]:
+        """(first row, forward) over consecutive row blocks of x_p [B, n_in]: inference over any batch with
+        [rows, n_latents] bounded. The dense kernel takes max(1, BLOCK_ENTRIES // n_latents) rows a block; the
+        sparse kernel, already bounded, takes the batch whole. The codes are those of one forward over x_p
+        (every σ is per sample at inference; BatchTopK in eval mode)."""
+        rows = x_p.shape[0] if self.config.sparse_kernel else max(1, BLOCK_ENTRIES // self.n_latents)
+        for start in range(0, x_p.shape[0], rows):
+            yield start, self(x_p[start : start + rows])
 
     def _sparse_forward(self, x_p: torch.Tensor) -> Forward:
         """The sparse kernel: z is computed without autograd, a block of rows at a time, only for σ to

@@ -38,11 +38,13 @@ def streaming_metrics(
     try:
         for batch in batches:
             x_r = batch.x_r.to(device, torch.float64)
-            out = model(batch.x_p.to(device))
-            sq_err += (x_r - out.x_hat.to(torch.float64)).pow(2).sum(dim=0)
+            # row blocks: codes [rows, n_latents] stay bounded (and sparse where the kernel is)
+            for start, out in model.blocks(batch.x_p.to(device)):
+                x_hat = out.x_hat.to(torch.float64)
+                sq_err += (x_r[start : start + len(x_hat)] - x_hat).pow(2).sum(dim=0)
+                fire_counts += out.fire_counts()
             sum_x += x_r.sum(dim=0)
             sum_sq += x_r.pow(2).sum(dim=0)
-            fire_counts += (out.x_q != 0).sum(dim=0, dtype=torch.float64)
             n += len(batch)
     finally:
         model.train(was_training)

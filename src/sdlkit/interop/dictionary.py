@@ -89,7 +89,7 @@ def build_dictionary(
         dtype=dtype,
         method=method_config(method),
     )
-    model = SparseDictionary(config)
+    model = SparseDictionary.empty(config)
     target = SDLKIT_DTYPES[dtype]
     tensors = {"W_E": W_E, "b_E": b_E, "W_D": W_D, "b_D": b_D, **(extras or {})}
     load_weights(model, {k: v.to(target).contiguous() for k, v in tensors.items()}, Path("<converted>"))
