@@ -100,7 +100,11 @@ def main() -> None:
             out / f"train-{name}.log",
         )
         metrics = json.loads(run.pop("stdout"))
-        results[name] = {**run, **{k: metrics[k] for k in ("fvu", "l0", "samples", "seconds")}}
+        results[name] = {
+            **run,
+            "train_seconds": metrics["seconds"],
+            **{k: metrics[k] for k in ("fvu", "l0", "samples")},
+        }
         print(name, results[name], flush=True)
     results["settings"] = {**vars(args), "eval_rows": forward["eval_rows"], "module": MODULE}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
