@@ -7,8 +7,8 @@ exactly its rows. A tokenizer pass at start-up counts each unit's rows without r
 units (at least `eval_rows` rows) are held out. Each epoch permutes the training units, groups them into
 windows of at most `shuffle_buffer` rows and permutes the rows inside each window (sdlkit.data.windows, as
 for a store), every permutation seeded from (seed, epoch[, window]): batch `index` is a pure function of
-(seed, index, batch_size), so a resumed run computes the same batches without replaying the stream. The
-model runs on one window ahead in a background thread while the trainer works on the current one.
+(seed, index, batch_size), so a resumed run computes the same batches without replaying the stream. On a
+GPU the model runs one window ahead in a background thread while the trainer works on the current one.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class ModelSource(DataSource):
         self.eval_units, self.train_units = self._split_units()
         self._first_row = torch.cumsum(self.unit_rows, 0) - self.unit_rows
         self._unit_at = {int(row): u for u, row in enumerate(self._first_row.tolist())}  # first row -> unit
+        self._closing = threading.Event()
         self._stream = self._windows(self.train_units)
         self._eval: Batch | None = None
         self._scales: tuple[torch.Tensor | None, torch.Tensor | None, BlockScales | None] | None = None
@@ -126,9 +127,14 @@ class ModelSource(DataSource):
     def _windows(self, units: list[int]) -> ShuffledWindows:
         """The shuffled epoch stream over `units`, each read by running the model on its texts."""
         table = [(int(self._first_row[u]), int(self.unit_rows[u])) for u in units]
-        return ShuffledWindows(table, self.config.shuffle_buffer, self.config.seed, "model", self._read)
+        # a thread runs the model one window ahead on a GPU only: on a CPU it would share the cores the training
+        # uses, and gain nothing (benchmarks/README.md, "Training from a live model")
+        ahead = self.device.type == "cuda"
+        return ShuffledWindows(table, self.config.shuffle_buffer, self.config.seed, "model", self._read, prefetch=ahead)
 
     def _read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._closing.is_set():  # a window being made ahead when the run ends is dropped, unit by unit
+            raise _Closed
         unit = self._unit_at[start]
         assert stop - start == int(self.unit_rows[unit])  # ShuffledWindows reads whole units
         return self._run_units([unit])
@@ -140,6 +146,7 @@ class ModelSource(DataSource):
         if not mine:
             raise ConfigError(f"{len(self.train_units)} units of texts cannot feed {world_size} ranks: give more texts")
         view = copy.copy(self)
+        view._closing = threading.Event()
         view.train_units, view._stream = mine, self._windows(mine)
         return view
 
@@ -214,8 +221,13 @@ class ModelSource(DataSource):
         return x_p, x_p if self._same else torch.cat(parts_r)
 
     def close(self) -> None:
-        """Stop the prefetch thread and drop the cached window."""
+        """Stop the prefetch thread (a window it is making stops at its next unit) and drop the cached window."""
+        self._closing.set()
         self._stream.close()
+
+
+class _Closed(Exception):
+    """Raised in the prefetch thread when the source was closed while it made a window."""
 
 
 def _concat(acts: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
