@@ -58,7 +58,7 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 )
 def test_an_ensemble_ends_where_separate_runs_end(method, coefficients, anchors):
     # "clipped": a clip small enough to bind on the data gradient, so that each member's anchor pull is
-    # taken out of its clipped norm and added back (Trainer.clip_grads), stacked
+    # taken out of its clipped norm and added back (train.constraints.ExemptAnchorPull), stacked
     train = {"grad_clip": 0.02} if anchors == "clipped" else {}
     cfgs = configs(method, coefficients, anchors=bool(anchors), **train)
     sources = [build_source(c.data, "cpu") for c in cfgs]

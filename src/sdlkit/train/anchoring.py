@@ -126,17 +126,20 @@ class AnchorPenalty(torch.nn.Module):
 
 @torch.no_grad()
 def anchor_pull(
-    W_E: torch.Tensor, W_D: torch.Tensor, penalty: AnchorPenalty | dict[str, torch.Tensor], unit_norm_decoder: bool
+    W_E: torch.Tensor,
+    W_D: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    weight: torch.Tensor,
+    unit_norm_decoder: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The soft anchors' gradient in closed form: ∂/∂W_E[:k] and ∂/∂W_D[:, :k] of eq. 26 are 2λ(W − target),
     the decoder's projected onto the unit sphere's tangent where the decoder is kept at unit norm (as its
-    whole gradient is). Training clips the gradient without it (sdlkit.train.loop.clip_grads_except): a
-    large early pull, when the anchored rows start far from their anchors, would otherwise shrink every
-    other gradient (benchmarks/anchoring_cost.py). `penalty`: the term, or an ensemble's stacked buffers
-    {A [E, k, n_in], B [E, n_out, k], weight [E]} for W_E [E, L, n_in] and W_D [E, n_out, L].
-    Returns (pull_E [..., k, n_in], pull_D [..., n_out, k])."""
-    buffers = dict(penalty.named_buffers()) if isinstance(penalty, AnchorPenalty) else penalty
-    A, B, weight = buffers["A"], buffers["B"], buffers["weight"]
+    whole gradient is). Training clips the gradient without it (sdlkit.train.constraints.ExemptAnchorPull):
+    anchored rows start far from their anchors, and their large early pull would otherwise shrink every other
+    gradient (benchmarks/README.md, "Why anchoring lowered the other features' recovery"). A penalty's buffers
+    A [k, n_in], B [n_out, k], weight (0-dim) for W_E [L, n_in] and W_D [n_out, L], or an ensemble's stacks
+    of them (a leading [E] on every argument). Returns (pull_E [..., k, n_in], pull_D [..., n_out, k])."""
     k = A.shape[-2]
     twice = (2 * weight.to(torch.float32 if W_E.dtype != torch.float64 else torch.float64)).to(W_E.dtype)
     twice = twice.view(*twice.shape, 1, 1)

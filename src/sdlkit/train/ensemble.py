@@ -6,7 +6,8 @@ weights, their data stream and a loss coefficient. Here their parameters are sta
 `SparseDictionary` and terms, vmapped (torch.func) over the stack with each member's weights and term
 buffers (coefficients, anchors) swapped in, so there is no second model implementation. One backward
 on the members' losses gives every member its own gradients; clipping is per member, and Adam, being
-elementwise, on the stack equals E separate Adams. The loop is sdlkit.train.loop's, as a Trainer's.
+elementwise, on the stack equals E separate Adams. The loop is sdlkit.train.loop's, as a Trainer's, and so
+are the gradient constraints: member 0's, taken onto the stacked tensors.
 
 Each member is an ordinary `Trainer` (same initialisation, anchors, logs and checkpoints as a run on
 its own): the stack is copied back into it for its metrics.jsonl lines, its checkpoints (which an
@@ -28,25 +29,25 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from sdlkit.config import RunConfig
-from sdlkit.core.model import SparseDictionary, normalize_columns_, project_columns_
+from sdlkit.core.model import SparseDictionary
 from sdlkit.core.objective import Objective, TermContext
 from sdlkit.data.source import Batch, DataSource
 from sdlkit.errors import ConfigError, TrainingDiverged
 from sdlkit.eval.metrics import batch_fvu
-from sdlkit.train.anchoring import anchor_pull
 from sdlkit.train.checkpoint import config_differences, list_checkpoints
-from sdlkit.train.loop import Accumulator, StepLosses, adam, clip_grads_except, run, train_step
+from sdlkit.train.constraints import StackOf
+from sdlkit.train.loop import Accumulator, StepLosses, adam, run, train_step
 from sdlkit.train.resample import DeadLatents
 from sdlkit.train.trainer import Trainer, TrainResult
 
 CPU_BATCH_MAX_WORK = 1 << 22
 """On CPU, stacking pays only while a member's step is small enough for per-op overheads to dominate
-(batch × n_in × n_latents at most this); the measurements behind the bound are in benchmarks/README.md,
-"Batched sweeps" (small members train faster stacked; at the quick bench's size both ReLU and TopK, which
-gives up its sparse kernel, train slower stacked)."""
+(batch × n_in × n_latents at most this; the measurements behind the bound: benchmarks/README.md, "Batched
+sweeps")."""
 SPARSE_BATCH_MAX_LATENTS = 4096
 """On GPUs, above this many latents TopK-family runs are expected to train faster one by one on the
-sparse kernel than stacked on the dense one (not measured: no GPU was lent)."""
+sparse kernel than stacked on the dense one (an expectation, not a measurement: benchmarks/README.md,
+"Batched sweeps")."""
 
 
 def worth_batching(configs: Sequence[RunConfig]) -> bool:
@@ -142,11 +143,21 @@ class EnsembleTrainer:
             **{f"model.{k}": v for k, v in [*self.params.items(), *buffers.items()]},
             **{f"objective.{k}": v.to(self.device) for k, v in terms.items()},
         }
+        stack_of = self._stack_of(first)  # member 0's rules (the members agree on them), on the stacks
+        self.constraints = [constraint.stacked(stack_of) for constraint in first.constraints]
         self.optimizer, self.scheduler = adam(list(self.params.values()), self.cfg)
         self.dead = DeadLatents((self.E, first.config.model.n_latents), self.cfg.dead_window, self.device)
         self.metrics = Accumulator()
         self.step = 0
         self.train_seconds = 0.0
+
+    def _stack_of(self, member: Trainer) -> StackOf:
+        """Maps each of `member`'s parameters and term buffers to the stack [E, ...] that replaces it in
+        the step (by identity: the names are those functional_call swaps in)."""
+        named = _MemberLoss(member.model, member.objective)
+        tensors = [*named.named_parameters(), *named.named_buffers()]
+        stacks = {id(tensor): self.stacked[name] for name, tensor in tensors if name in self.stacked}
+        return lambda tensor: stacks[id(tensor)]
 
     # ----- one step's parts (sdlkit.train.loop.train_step runs them) --------------------------------------
     def advance(self) -> None:
@@ -183,32 +194,6 @@ class EnsembleTrainer:
             f"ensemble member {bad} ({config.model.method.name}, seed {config.seed}) stopped at step {self.step}: "
             "the loss became NaN or inf (lower train.lr, set train.grad_clip, or check the data)"
         )
-
-    def project_grads(self) -> None:
-        W_D = self.params["W_D"]
-        if self.members[0].config.model.unit_norm_decoder and W_D.grad is not None:
-            project_columns_(W_D.grad, W_D.detach())
-
-    def clip_grads(self, max_norm: float) -> None:
-        """Each member's gradients to norm `max_norm` at most, soft anchors' pull exempt (as in Trainer)."""
-        grads = [p.grad for p in self.params.values() if p.grad is not None]
-        if self.members[0].clip_exempt is not None:  # soft anchors whose pull is exempt (the members agree)
-            buffers = {name: self.stacked[f"objective.anchor.{name}"] for name in ("A", "B", "weight")}
-            W_E, W_D = self.params["W_E"], self.params["W_D"]
-            unit = self.members[0].config.model.unit_norm_decoder
-            pull_E, pull_D = anchor_pull(W_E.detach(), W_D.detach(), buffers, unit)
-            k = pull_E.shape[-2]
-            exempt = [(W_E.grad[:, :k], pull_E), (W_D.grad[:, :, :k], pull_D)]
-            clip_grads_except(grads, exempt, max_norm, stacked=True)
-            return
-        norms = torch.stack([g.pow(2).flatten(1).sum(dim=1) for g in grads]).sum(dim=0).sqrt()  # [E]
-        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-        for g in grads:
-            g.mul_(scale.view(-1, *[1] * (g.ndim - 1)))
-
-    def post_step(self) -> None:
-        if self.members[0].config.model.unit_norm_decoder:
-            normalize_columns_(self.params["W_D"].detach())
 
     # ----- the members' view --------------------------------------------------------------------------
     @torch.no_grad()

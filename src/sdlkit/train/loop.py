@@ -3,12 +3,13 @@
     run(job)               steps to train.steps: a progress bar, a log line every log_every steps (with
                            the held-out figures every eval_every), a checkpoint every checkpoint_every
                            steps and at the end, then the run's closing outputs (curves.png)
-    train_step(job, batch) one optimiser step: forward and objective (autocast) → backward →
-                           project → clip → Adam and schedule → post-step → dead latents, log sums
+    train_step(job, batch) one optimiser step: forward and objective (autocast) → backward → the
+                           constraints on the gradients and one clip (constrain_grads) → Adam and schedule →
+                           the constraints on the weights → dead latents, log sums
 
-A job supplies what differs between one run and a stack (its losses, its gradient constraints, its log
-lines and checkpoints), in the `Job` protocol; these functions do everything else, in the same order
-for both.
+A job supplies what differs between one run and a stack (its losses, its list of gradient constraints, see
+sdlkit.train.constraints, its log lines and checkpoints), in the `Job` protocol; these functions do
+everything else, in the same order for both.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from sdlkit.config import TrainConfig
 from sdlkit.data.source import Batch
+from sdlkit.train.constraints import Constraint
 from sdlkit.train.resample import DeadLatents
 
 
@@ -37,10 +39,8 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def adam(params: list[torch.Tensor], cfg: TrainConfig) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
-    """Adam over `params` with train's warm-up and decay schedule."""
-    optimizer = torch.optim.Adam(  # fused: one kernel for all parameters (~15x faster on CPU)
-        params, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps, fused=True
-    )
+    """Adam over `params` with train's warm-up and decay schedule; fused: one kernel steps every parameter."""
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps, fused=True)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
 
 
@@ -90,21 +90,14 @@ class Job(Protocol):
     scheduler: torch.optim.lr_scheduler.LRScheduler
     dead: DeadLatents
     metrics: Accumulator
+    constraints: list[Constraint]
+    """The rules on the gradients and weights, applied in order around every step."""
 
     def losses(self, batch: Batch) -> StepLosses:
         """The forward pass and the objective on `batch` (called under autocast)."""
 
     def diverged(self, batch: Batch, loss: torch.Tensor) -> NoReturn:
         """Raise TrainingDiverged for a loss that is not finite."""
-
-    def project_grads(self) -> None:
-        """Constrain the gradients before clipping (e.g. the unit-norm decoder's tangent projection)."""
-
-    def clip_grads(self, max_norm: float) -> None:
-        """Scale the gradients down to norm `max_norm` at most (per run)."""
-
-    def post_step(self) -> None:
-        """Restore the constraints after the optimiser step."""
 
     def advance(self) -> None:
         """One `train_step` on the next batch and what follows it (e.g. resampling); step += 1."""
@@ -127,40 +120,69 @@ def clip_grads_except(
     max_norm: float,
     stacked: bool = False,
 ) -> None:
-    """Scale `grads` in place so that their norm WITHOUT the exempt parts is at most `max_norm`; the exempt
-    parts are kept whole. `exempt`: (a view into one of `grads`, the part of that view to exempt) pairs.
-    stacked: the gradients of an ensemble, [E, ...], clipped member by member. Where nothing is clipped the
-    gradients are left exactly as they were."""
-    dims = (lambda g: tuple(range(1, g.ndim))) if stacked else (lambda g: tuple(range(g.ndim)))
-    # float64 sums: the exempt part is subtracted from the total, so cancellation must stay far below τ-level
-    # changes (costs a float64 copy of each gradient, in anchored runs only)
-    square = sum(g.double().pow(2).sum(dims(g)) for g in grads)
-    for view, part in exempt:
-        square = square - view.double().pow(2).sum(dims(view)) + (view - part).double().pow(2).sum(dims(view))
-    scale = (max_norm / (square.clamp(min=0).sqrt() + 1e-6)).clamp(max=1.0)
-    if not bool((scale < 1).any()):
+    """The gradient clip of training, for one run and for a stack: scale `grads` in place so that their norm
+    WITHOUT the exempt parts is at most `max_norm`, keeping the exempt parts whole (g ← s·(g − part) + part on
+    each exempt view, s·g elsewhere, s = min(1, max_norm / norm)). `exempt`: (a view into one of `grads`, the
+    part of that view to exempt) pairs. stacked: the gradients of an ensemble, [E, ...], clipped member by
+    member. Where nothing is clipped the gradients are left exactly as they were."""
+    scale = (max_norm / (_clipped_norm(grads, exempt, stacked) + 1e-6)).clamp(max=1.0)
+    if bool((scale >= 1).all()):
         return
+
+    def per_run(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        value = value.to(like.dtype)
+        return value.view(-1, *[1] * (like.ndim - 1)) if stacked else value
+
     for g in grads:
-        g.mul_(scale.to(g.dtype).view(-1, *[1] * (g.ndim - 1)) if stacked else scale.to(g.dtype))
-    for view, part in exempt:  # scale·(view − part) + part
-        keep = (1 - scale).to(view.dtype)
-        view.add_(part * (keep.view(-1, *[1] * (view.ndim - 1)) if stacked else keep))
+        g.mul_(per_run(scale, g))
+    for view, part in exempt:  # s·(view − part) + part
+        view.add_(part * per_run(1 - scale, view))
+
+
+def _clipped_norm(
+    grads: list[torch.Tensor], exempt: list[tuple[torch.Tensor, torch.Tensor]], stacked: bool
+) -> torch.Tensor:
+    """The norm that clipping compares with max_norm: of `grads` less the exempt parts; 0-dim, or [E] for a
+    stack. With exempt parts, from float64 sums: the exempt part is subtracted from the total, so cancellation
+    must stay far below τ-level changes (a float64 copy of each gradient, in anchored runs only). Without, in
+    the gradients' dtype: torch.nn.utils.get_total_norm for one run, the sum of squares per member for a stack."""
+    if exempt:
+        dims = (lambda g: tuple(range(1, g.ndim))) if stacked else (lambda g: tuple(range(g.ndim)))
+        square = sum(g.double().pow(2).sum(dims(g)) for g in grads)
+        for view, part in exempt:
+            square = square - view.double().pow(2).sum(dims(view)) + (view - part).double().pow(2).sum(dims(view))
+        return square.clamp(min=0).sqrt()
+    if stacked:
+        return torch.stack([g.pow(2).flatten(1).sum(dim=1) for g in grads]).sum(dim=0).sqrt()
+    return torch.nn.utils.get_total_norm(grads)
+
+
+def constrain_grads(job: Job, stacked: bool) -> None:
+    """After the backward: each of `job.constraints` changes the gradients, in order; then one clip
+    (train.grad_clip, per member of a stack) of the gradients of every parameter the optimiser steps, keeping
+    whole the parts the constraints exempt."""
+    for constraint in job.constraints:
+        constraint.constrain_grads()
+    if job.cfg.grad_clip is not None:
+        grads = [p.grad for group in job.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        exempt = [part for constraint in job.constraints for part in constraint.clip_exempt()]
+        clip_grads_except(grads, exempt, job.cfg.grad_clip, stacked)
 
 
 def train_step(job: Job, batch: Batch) -> None:
-    """One optimiser step of `job` on `batch`: project → clip → step → post-step after the backward."""
+    """One optimiser step of `job` on `batch`: forward, backward, the constraints on the gradients and the
+    clip (`constrain_grads`), Adam and its schedule, then each constraint restores its rule on the weights."""
     job.optimizer.zero_grad(set_to_none=True)  # before the forward: the old gradients do not add to its peak
     with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=job.cfg.precision == "bf16"):
         out = job.losses(batch)
     if not bool(torch.isfinite(out.loss).all()):
         job.diverged(batch, out.loss)
     out.loss.backward(torch.ones_like(out.loss))  # a stack's members: each its own loss's gradients
-    job.project_grads()
-    if job.cfg.grad_clip is not None:
-        job.clip_grads(job.cfg.grad_clip)
+    constrain_grads(job, stacked=out.loss.ndim > 0)
     job.optimizer.step()
     job.scheduler.step()
-    job.post_step()
+    for constraint in job.constraints:
+        constraint.restore()
     job.dead.update_fired(out.fired, job.cfg.batch_size)
     job.metrics.add({**out.parts, "loss": out.loss, "l0": out.l0, "fvu": out.fvu})
 

@@ -22,15 +22,7 @@ from sdlkit.errors import CheckpointError, ConfigError, ShapeError, TrainingDive
 from sdlkit.eval.metrics import batch_fvu, reconstruction_metrics
 from sdlkit.io import clean_interrupted_writes, load_weights, mark_folder
 from sdlkit.store.normalize import fold_scales
-from sdlkit.train.anchoring import (
-    AnchorPenalty,
-    Anchors,
-    anchor_pull,
-    apply_hard_anchors,
-    ground_truth_anchors,
-    load_anchors,
-    zero_anchor_grads,
-)
+from sdlkit.train.anchoring import AnchorPenalty, Anchors, apply_hard_anchors, ground_truth_anchors, load_anchors
 from sdlkit.train.checkpoint import (
     RESUMABLE_CHANGES,
     STATE_JSON,
@@ -39,17 +31,24 @@ from sdlkit.train.checkpoint import (
     load_training_checkpoint,
     save_training_checkpoint,
 )
+from sdlkit.train.constraints import (
+    ActivationPostStep,
+    AverageOverRanks,
+    Constraint,
+    ExemptAnchorPull,
+    HardAnchors,
+    UnitNormDecoder,
+)
 from sdlkit.train.curves import write_curves
 from sdlkit.train.distributed import (
     DistContext,
     any_rank,
-    average_gradients,
     gather_rows,
     local_batch_size,
     mean_over_ranks,
     rank_source,
 )
-from sdlkit.train.loop import Accumulator, StepLosses, adam, clip_grads_except, run, train_step
+from sdlkit.train.loop import Accumulator, StepLosses, adam, run, train_step
 from sdlkit.train.resample import DeadLatents, resample_dead_latents
 from sdlkit.train.runlog import METRICS_FILE, RunLog, require_tensorboard  # noqa: F401  (METRICS_FILE re-exported)
 
@@ -110,13 +109,14 @@ class Trainer:
         method = config.model.method
         terms = [*method.build_terms(config.model.n_latents, source.n_out), *extra_terms]
         self.anchors = self._anchors(anchors)
-        self.clip_exempt: AnchorPenalty | None = None  # soft anchors whose pull gradient clipping leaves whole
+        penalty = None  # soft anchors: their penalty is a term like any other
         if self.anchors is not None and self.cfg.anchors.mode == "soft":
-            terms.append(AnchorPenalty(self.anchors, self.cfg.anchors.weight))
-            self.clip_exempt = None if self.cfg.anchors.clip_pull else terms[-1]
+            penalty = AnchorPenalty(self.anchors, self.cfg.anchors.weight)
+            terms.append(penalty)
         elif self.anchors is not None:
             apply_hard_anchors(self.model, self.anchors)
         self.objective = Objective(terms)
+        self.constraints = self._constraints(penalty)
         self.optimizer, self.scheduler = adam(list(self.model.parameters()), self.cfg)
         self.dead = DeadLatents(config.model.n_latents, self.cfg.dead_window, self.device)
         self.metrics = Accumulator()  # the log line's sums
@@ -166,6 +166,21 @@ class Trainer:
                 f"[k, {self.model.n_in}] and [{self.model.n_out}, k]"
             )
         return given.to(self.device, self.model.W_E.dtype)
+
+    def _constraints(self, penalty: AnchorPenalty | None) -> list[Constraint]:
+        """The rules `train_step` applies around every step, in this order (see sdlkit.train.constraints)."""
+        model, constraints = self.model, []
+        if self.dist is not None:
+            constraints.append(AverageOverRanks(list(model.parameters()), self.dist.world_size))
+        if model.config.unit_norm_decoder:
+            constraints.append(UnitNormDecoder(model.W_D))
+        if model.activation.has_post_step:
+            constraints.append(ActivationPostStep(model.activation))
+        if self.anchors is not None and self.cfg.anchors.mode == "hard":
+            constraints.append(HardAnchors(model, self.anchors))
+        if penalty is not None and not self.cfg.anchors.clip_pull:
+            constraints.append(ExemptAnchorPull.of(penalty, model))
+        return constraints
 
     # ----- state ------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -350,34 +365,6 @@ class Trainer:
         hint = "check the data" if bad_input else "lower train.lr, or set train.grad_clip"
         last = self.last_checkpoint or "none was written yet"
         raise TrainingDiverged(f"training stopped at step {self.step}: {cause} ({hint}); last good checkpoint: {last}")
-
-    @property
-    def _hard_anchors(self) -> bool:
-        return self.anchors is not None and self.cfg.anchors.mode == "hard"
-
-    def project_grads(self) -> None:
-        """Average over the ranks, project ∇W_D onto the unit sphere's tangent, freeze hard anchors."""
-        if self.dist is not None:
-            average_gradients(list(self.model.parameters()), self.dist.world_size)
-        if self.model.config.unit_norm_decoder:
-            self.model.project_decoder_grad()
-        if self._hard_anchors:
-            zero_anchor_grads(self.model, self.anchors.k)
-
-    def clip_grads(self, max_norm: float) -> None:
-        """Clip the gradient's norm to `max_norm`, the soft anchors' pull exempt (anchoring.anchor_pull)."""
-        if self.clip_exempt is None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-            return
-        W_E, W_D = self.model.W_E, self.model.W_D
-        pull_E, pull_D = anchor_pull(W_E.detach(), W_D.detach(), self.clip_exempt, self.model.config.unit_norm_decoder)
-        grads, k = [p.grad for p in self.model.parameters() if p.grad is not None], pull_E.shape[0]
-        clip_grads_except(grads, [(W_E.grad[:k], pull_E), (W_D.grad[:, :k], pull_D)], max_norm)
-
-    def post_step(self) -> None:
-        self.model.post_step()
-        if self._hard_anchors:
-            apply_hard_anchors(self.model, self.anchors)
 
     def _maybe_resample(self) -> None:
         rs = self.cfg.resample
