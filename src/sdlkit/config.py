@@ -77,10 +77,9 @@ class AnchorConfig(BaseModel):
     the anchors to the Trainer; a Python caller passes `anchors=train.anchoring.load_anchors(file, count)`."""
     clip_pull: bool = False
     """Soft mode: whether gradient clipping (train.grad_clip) also counts and scales the anchors' pull. By
-    default it does not: anchored rows start far from their anchors, and their early pull inflated the clipped
-    norm enough to shrink every other gradient (paper data scale, TopK: the other features' encoder M_GT
-    92.8% -> 63.3% with it counted, 93.0% without; benchmarks/anchoring_cost.py). True reproduces sdlkit
-    before this option, which counted it."""
+    default it does not: anchored rows start far from their anchors, and their early pull inflates the clipped
+    norm enough to shrink every other gradient (benchmarks/README.md, "Why anchoring lowered the other
+    features' recovery"). True counts it, to reproduce records made that way."""
     file_sha256: str | None = None
     """source 'file' only: the file's SHA-256 (`sdlkit train --anchors-from FILE` records it), so a run
     resumed with a changed file is refused."""

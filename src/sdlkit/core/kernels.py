@@ -32,7 +32,7 @@ from torch.nn import functional as F
 def _sort(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sorted values, permutation) of a 1-D integer tensor; equal values in a deterministic, not
     necessarily stable, order. On CPU through numpy's single-threaded sort: torch's parallel CPU sort
-    of a 1-D tensor took ~100x longer on a 2-core machine whose cores were busy with other work."""
+    of a 1-D tensor is far slower when the cores are busy (benchmarks/README.md, "Two CPU kernel choices")."""
     if values.device.type == "cpu":
         perm = torch.from_numpy(np.argsort(values.numpy()))
         return values[perm], perm

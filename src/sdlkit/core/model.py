@@ -66,16 +66,17 @@ class ModelConfig(BaseModel):
     """Row norm of W_E at initialisation (each row along its latent's decoder column). None = the
     method's choice, `method.init_encoder_norm`: 0.1 for the TopK family, the decoder's column norms
     for the others. Adam moves a weight by about lr per coordinate per step whatever its size, so small
-    rows turn toward their features faster before TopK's competition silences them (quick LRB TopK:
-    encoder M_GT 0.89 → 0.99, never-fired latents 36% → 0.2%; benchmarks/README.md, "TopK recipes")."""
+    rows turn toward their features faster before TopK's competition silences them (benchmarks/README.md,
+    "TopK recipes against sparsify and SAELens")."""
     dtype: Literal["float32", "float64", "bfloat16"] = "float32"
     """Dtype of the weights (and of the optimiser state)."""
     method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_config("topk"))
     """σ and its loss terms, e.g. {name: topk, k: 32}."""
     kernel: Literal["auto", "dense", "sparse"] = "auto"
     """How the forward and backward are computed (same function either way): 'dense' with
-    [B, n_latents] codes (the reference); 'sparse' from the active entries alone (TopK family only,
-    several times faster at large n_latents); 'auto' = sparse for the TopK family, dense otherwise."""
+    [B, n_latents] codes (the reference); 'sparse' from the active entries alone (TopK family only; faster
+    at large n_latents: benchmarks/README.md, "Training throughput"); 'auto' = sparse for the TopK family,
+    dense otherwise."""
 
     @field_validator("method", mode="before")
     @classmethod

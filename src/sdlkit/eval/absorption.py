@@ -28,7 +28,7 @@ For every direct (parent p, child c) edge of the source's hierarchy, over sample
 - Signed cosine for A_c (`absolute=False`): codes are non-negative, so a latent whose decoder column
   is ≈ −w_c never writes the child. The bench only bounds overlaps from ABOVE (<w_i, w_j> <= M), and
   its interference penalty pushes them negative, so another feature's latent can sit at cos −0.5 or
-  below with w_c (seen with n_p = 12, n = 10, M = 0); |cos| would count it as the child's.
+  below with w_c; |cos| would count it as the child's.
   `absolute=True` uses |cos|. The parent's latent j_p is `recovery.best_match` (|cos|, as in the
   recovery metrics).
 - sole_child (default True): when two children of p are active and only one of them is absorbed,

@@ -36,8 +36,8 @@ __all__ = ["EXACT_LIMIT", "Consistency", "PairMatch", "consistency", "match_dict
 
 EXACT_LIMIT = 16384 * 16384
 """Largest L_A·L_B matched exactly: the [L_A, L_B] float64 cost matrix then holds 2.1 GB, and the Hungarian
-method's time grows about as the cube of the width (measured: benchmarks/README.md, "65,536 latents: the
-tools' memory and time")."""
+method's time grows steeply with the width (O(n³) at worst; benchmarks/README.md, "65,536 latents: the tools'
+memory and time")."""
 
 
 @dataclass

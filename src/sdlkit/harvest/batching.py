@@ -1,11 +1,11 @@
 """Length-sorted forward passes: padding is where a text harvest loses its time.
 
 A harvest step takes `sort_window` × `batch_size` consecutive samples, sorts them by token count and runs
-them as forward passes of `batch_size` similar-length texts, each padded to its own longest text. On the
-stdlib documentation corpus (texts of 10 to 128 tokens, mean 40) random batches of 32 are 67% padding;
-sorted within windows of 8 batches, 15% (benchmarks/harvest_minilm.py). The rows are then put back in
-sample order, so the store is the same as an unsorted harvest's (up to float rounding, the forward
-passes having other padding), and the step, not the pass, is the unit of resume and of `max_rows`.
+them as forward passes of `batch_size` similar-length texts, each padded to its own longest text, which
+cuts the padding several-fold on texts of mixed length (benchmarks/README.md, "Harvest on a real model").
+The rows are then put back in sample order, so the store is the same as an unsorted harvest's (up to float
+rounding, the forward passes having other padding), and the step, not the pass, is the unit of resume and of
+`max_rows`.
 """
 
 from __future__ import annotations

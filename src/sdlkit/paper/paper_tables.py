@@ -1,7 +1,7 @@
 """The paper's reported numbers (arXiv 2512.05534, latest text), as (M_GT, M_IP) pairs, for the report
 to set beside ours. Keys: (method, anchored). M_GT is a fraction (0.849 = 84.9%).
 
-Known problems with these tables (see shared/paper.md): Table 4 is internally inconsistent (85.5%
+Known problems with these tables as the paper prints them: Table 4 is internally inconsistent (85.5%
 recovery at τ = 0.95 forces M_IP ≥ 0.81, not 0.292); Table 6's "S" values behave like activation
 probabilities (1 − S); some Table 5 entries repeat Table 1 exactly; the k of Table 1 is not stated.
 """

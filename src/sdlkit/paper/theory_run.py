@@ -1,6 +1,6 @@
 """`sdlkit theory --out DIR`: every numerical check of the paper's theory, with a verdict per claim.
 
-Writes `DIR/results.json` (a list of {check, claim, holds, figures}, the schema in shared/DESIGN.md),
+Writes `DIR/results.json` (a list of {check, claim, holds, figures}; README.md, "The theory, checked by numbers"),
 `DIR/report.md` (claim by claim: holds / does not hold, with the measured figures) and PNG figures.
 """
 
@@ -22,7 +22,7 @@ def _checks(quick: bool, device: str, seed: int, out: Path) -> dict[str, Callabl
     from sdlkit.paper import training_checks as trained
 
     seeds = [seed] if quick else [seed, seed + 1, seed + 2]
-    paired = [seed, seed + 1] if quick else seeds  # a paired effect of ~1% needs more than one seed to mean anything
+    paired = [seed, seed + 1] if quick else seeds  # a small paired effect needs more than one seed to mean anything
     return {
         "example-3.5": lambda: math_checks.example_35_check(seed),
         "thm-3.6": lambda: math_checks.thm36_check(seed, n_partitions=60 if quick else 300),

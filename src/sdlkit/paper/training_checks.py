@@ -46,8 +46,8 @@ def quick_run(data: dict[str, Any], method: dict[str, Any], steps: int, seed: in
 
 RESAMPLING_INIT_ENCODER_NORM = 1.0
 """Encoder row norm at init for the resampling check's runs. The TopK family's default (0.1) leaves almost no
-latent dead on LRB data, so resampling would have nothing to act on; rows at the decoder's norm (the
-pre-0.1 init) give the dead latents whose fate the check is about."""
+latent dead on LRB data, so resampling would have nothing to act on; rows at the decoder's norm give the
+dead latents whose fate the check is about."""
 
 
 def resampling_check(

@@ -61,9 +61,9 @@ class LRBConfig(DataConfig):
     """Seeds everything in the data: W_p, W_r, training samples, evaluation set."""
     frame: Literal["gaussian", "tight"] = "gaussian"
     """How W_p (and W_r, and every crosscoder block) is drawn before the interference PGD. gaussian: App. C as written
-    (an i.i.d. Gaussian draw; cond(W_p W_pᵀ) ≈ 150-210 at the presets). tight: the draw mapped to its nearest tight
-    frame, (W Wᵀ)^{-t/2} W with t = `tightness`, then unit columns (cond ≈ 1.1-1.3 at t = 1). The same M holds on
-    both."""
+    (an i.i.d. Gaussian draw, badly conditioned). tight: the draw mapped to its nearest tight frame, (W Wᵀ)^{-t/2} W
+    with t = `tightness`, then unit columns (cond(W_p W_pᵀ) near 1 at t = 1). The same M holds on both; the condition
+    numbers are in benchmarks/README.md, "The frame and the encoder rows"."""
     tightness: float | None = Field(None, ge=0.0, le=1.0)
     """frame: tight only: t in [0, 1], the continuous knob between the Gaussian draw (t = 0, bit-identical to frame
     gaussian) and the tight frame (t = 1, the default)."""
@@ -163,7 +163,7 @@ class LRBConfig(DataConfig):
 LRB_PRESETS: dict[str, dict[str, Any]] = {
     # Table 3 of the paper.
     "paper": {"n_features": 1000, "n_p": 768, "S": 0.99, "M": 0.1, "n_samples": 100_000},
-    # Same superposition ratio n/n_p = 1.30, S and M, about 4x smaller: minutes on a CPU.
+    # Same superposition ratio n/n_p = 1.30, S and M, about 4x smaller: sized for a CPU.
     "quick": {"n_features": 260, "n_p": 200, "S": 0.99, "M": 0.1, "n_samples": None},
     # For tests: builds in milliseconds; same ratio 1.3, denser codes so small batches have signal.
     "tiny": {"n_features": 26, "n_p": 20, "S": 0.9, "M": 0.3, "n_samples": None},

@@ -17,8 +17,9 @@ off the diagonal (D is symmetric): one Gram matrix and one [d, n] x [n, n] produ
 The frame option (`tightness` t in [0, 1]) inserts one step between the draw and the PGD:
 W <- (W Wᵀ)^{-t/2} W, then unit columns. t = 0 is App. C as written; t = 1 maps the draw to the
 nearest tight frame (W Wᵀ = (n/d) I before the columns are renormalised), so the condition number
-of W Wᵀ falls from ~200 (a Gaussian 1000 × 768 draw) to ~1.1-1.3; values between interpolate on a
-log scale (t = 0.5 gives ~15). The PGD then enforces the same M on either frame.
+of W Wᵀ falls from the Gaussian draw's to near 1; values between interpolate on a log scale
+(benchmarks/README.md, "The frame and the encoder rows"). The PGD then enforces the same M on either
+frame.
 """
 
 from __future__ import annotations
@@ -184,26 +185,21 @@ def check_interference_feasible(n_dims: int, n_features: int, M: float) -> None:
 
 @dataclass(frozen=True)
 class PGDSettings:
-    """The interference PGD's settings (App. C.1 gives none; each default is justified below).
-
-    Chosen by experiment on CPU, float32, seeds 0-9, problems from
-    n=4 in 3 dims to n=2000 in 200 dims and n=1400 in 768 dims, M from -0.33 to 0.5):
-    - eps = 0.005: the margin only has to beat the overshoot of one step; larger margins (0.01, 0.02)
-      moved W further than needed and took up to 2x more iterations for small M, while 0.005
-      still converged on every feasible case tried.
-    - lam = 0.01: small, as the paper says. lam = 0.1 made the penalty on the ~n²/2 positive
-      overlaps dominate for large n and failed to reach M = 0.5 for 100 features in 10 dims.
+    """The interference PGD's settings (App. C.1 gives none). The defaults were chosen on a grid of problems
+    (benchmarks/README.md, "The interference PGD's settings"):
+    - eps = 0.005: the margin only has to beat the overshoot of one step; larger margins move W further
+      than needed and take more iterations.
+    - lam = 0.01: small, as the paper says; a larger one lets the penalty on the ~n²/2 positive overlaps
+      dominate for large n.
     - lr = 0.2 with a per-iteration cap: the step actually taken is
       eta_t = min(lr, 0.5 / (4 · max_i Σ_j D_ij)). A fixed eta has no value that works at every size: the
       map W -> W(I − 4 eta D) diverges (all columns collapse, interference -> 1) once 4 eta ||D||_2 gets
-      near 2, and ||D||_2 grows with the number of violating pairs per feature (0.2 diverged at
-      260 features / M = 0.05, 0.05 was needlessly slow on tiny problems). The max row sum of D bounds
-      ||D||_2, so the cap keeps every step stable whatever n, n_dims and M are, and lr = 0.2 is
-      the fastest base step that never diverged in the grid (an isolated pair with excess e moves
-      by about 8·eta·e, i.e. most of the way to M − eps in one step).
-    - max_iters = 500: the paper's setting (n=1000, n_dims=768, M=0.1) takes 1-4 iterations,
-      M=0.05 there 4, M=0.01 there ~110 (benchmarks/README.md has the times). PGD also stops early when
-      the best max interference gains less than 1e-4 over 100 iterations (it is stuck).
+      near 2, and ||D||_2 grows with the number of violating pairs per feature. The max row sum of D
+      bounds ||D||_2, so the cap keeps every step stable whatever n, n_dims and M are; lr = 0.2 is the
+      fastest base step that never diverged on the grid (an isolated pair with excess e moves by about
+      8·eta·e, i.e. most of the way to M − eps in one step).
+    - max_iters = 500: far above what the paper's setting needs. PGD also stops early when the best max
+      interference gains less than 1e-4 over 100 iterations (it is stuck).
     """
 
     eps: float = DEFAULT_EPS

@@ -38,7 +38,7 @@ from sdlkit.data.lrb.hierarchy import Hierarchy, HierarchyConfig
 from sdlkit.data.source import Batch, DataSource, DirectionKind, KnownDirections, register_source
 from sdlkit.errors import ConfigError
 
-# LRBConfig, LRB_PRESETS and lrb_preset lived here before config.py: still importable from this module.
+# LRBConfig, LRB_PRESETS and lrb_preset are defined in sdlkit.data.lrb.config and importable from here too.
 __all__ = ["LRB_PRESETS", "Hierarchy", "HierarchyConfig", "LRBConfig", "LRBSource", "lrb_preset"]
 
 

@@ -8,9 +8,9 @@ The distribution is SAELens's (`ActivationGenerator.sample` followed by its hier
     forest  top-down: a child counts only under an active parent; of the active children of an exclusive
             parent one uniformly random survives; v_child *= v_parent / μ_parent (scale_children)
 
-SAELens draws all n features of every sample and then deletes the children of inactive parents (with the
-published compensation ~44% of the 16,384 features fire before the forest is applied, ~34 after). Here the
-work follows the active entries instead, using two facts:
+SAELens draws all n features of every sample and then deletes the children of inactive parents, most of what it
+drew (benchmarks/README.md, "SynthSAEBench data speed"). Here the work follows the active entries instead, using
+two facts:
 
 1. Given z, features fire independently, with Pr(fire_i | z) = Φ̄((t_i − f_i·z) / s_i). So the children of a
    parent are drawn only where the parent is active, each with its own conditional probability: exact.
@@ -47,8 +47,8 @@ Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 def rare_nonzero(mask: torch.Tensor) -> torch.Tensor:
     """Flat positions of the True entries of a bool tensor whose True entries are rare: `nonzero` over 8 bytes at
-    a time, then only inside the words that hold a hit (on CPU ~7× faster than `mask.nonzero()` at 0.1% density;
-    the same result, ascending)."""
+    a time, then only inside the words that hold a hit (the same result as `mask.nonzero()`, ascending; faster on
+    one CPU thread: benchmarks/README.md, "Two CPU kernel choices")."""
     flat = mask.reshape(-1)
     pad = (-flat.numel()) % 8
     if pad:

@@ -32,11 +32,10 @@ class Scale:
 
 SCALES = {
     # 512 latents ≈ 2n, 500 steps of 1,024: Table 1 on both frames (28 runs) sized to `make bench`'s
-    # time budget (benchmarks/README.md has the timings). ReLU and JumpReLU at 4× the lr: at 1e-3 their
-    # penalties are far from converged after 500 steps (decoder M_GT 25–42% ReLU, 73–78% JumpReLU, seeds
-    # 0–2), at 4e-3 ReLU's decoder finds every feature and JumpReLU's encoder rows 97% of them on the tight
-    # frame (benchmarks/README, "ReLU and JumpReLU learning rate"). At the paper's data scale 1e-3 converges
-    # and 4e-3 is no better, so the other scales keep one lr for every row.
+    # time budget (benchmarks/README.md, "The frame and the encoder rows"). ReLU and JumpReLU at 4× the lr:
+    # at 1e-3 their penalties are far from converged after 500 steps; at the paper's data scale 1e-3
+    # converges, so the other scales keep one lr for every row (benchmarks/README.md, "ReLU and JumpReLU
+    # learning rate").
     "quick": Scale(
         data="quick", n_latents=512, steps=500, batch_size=1024, lr=1e-3, row_lr_scale={"relu": 4.0, "jumprelu": 4.0}
     ),
@@ -47,8 +46,8 @@ SCALES = {
     # 1,024 at lr 3e-4 (SAELens docs/synth_sae_bench.md).
     "synth-16k": Scale(data="synthsaebench-16k", n_latents=4096, steps=195_313, batch_size=1024, lr=3e-4),
     # A quarter of it for CPUs: the `cpu` data preset (n = 4,096, d = 192), width n/4 as published, 400 steps
-    # of 1,024 (0.2% of the published samples) so that the 8 runs and 2 calibrations fit ~10 minutes on 2 cores;
-    # lr 3e-3 for the short run.
+    # of 1,024 so that the 8 runs and 2 calibrations are short enough for a CPU (the time is in
+    # benchmarks/README.md, "SynthSAEBench"); lr 3e-3 for the short run.
     "synth-cpu": Scale(data="cpu", n_latents=1024, steps=400, batch_size=1024, lr=3e-3),
 }
 
@@ -96,7 +95,8 @@ def _ratio_n(n: int) -> int:
 
 
 CONDITIONING_TIGHTNESS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
-"""Frame tightness t of the `conditioning` preset: cond(W_p W_pᵀ) ≈ 146, 46, 13, 3.8, 2, 1.3 at quick scale."""
+"""Frame tightness t of the `conditioning` preset, from the Gaussian draw (t = 0) to the tight frame (t = 1); the
+condition numbers they give are in benchmarks/README.md, "The frame and the encoder rows"."""
 
 BENCH_PRESETS: dict[str, Preset] = {
     "quick": Preset("Table 1", [Setting()], TABLE1_ROWS, "quick", "Table 1 at quick scale (n=260, n_p=200)"),
@@ -152,8 +152,9 @@ BENCH_PRESETS: dict[str, Preset] = {
         anchoring=(False,),
         data="synth",
     ),
-    # The same comparison at the CPU scale. The published L0s are 0.8 and 1.0 times the true L0 of the 4,096 most
-    # frequent features (~25); here the 1,024 most frequent have a true L0 of ~12.3, hence L0 = 10 and 12.
+    # The same comparison at the CPU scale. The published L0s are 0.8 and 1.0 times the true L0 of the width's
+    # most frequent features; L0 = 10 and 12 are the same multiples at width 1,024 (that true L0 is each
+    # record's `true_l0_width`; README.md, "SynthSAEBench").
     "synth": Preset(
         "SynthSAEBench-16k",
         [Setting("L0=10", method={"k": 10}), Setting("L0=12", method={"k": 12})],

@@ -38,8 +38,7 @@ SWEEP_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 """Multiples of the base coefficient a calibration tries (the LRB sweep's)."""
 CALIBRATED = {"relu": ("l1_coefficient", 3.0), "jumprelu": ("l0_coefficient", 4.0)}
 """Rows whose coefficient is calibrated to the target L0: (method field, base value). The bases put the CPU
-scale's targets (L0 ≈ 10) inside the trials: active magnitudes here are ~4–5 (the LRB's ~1), and at 200 steps
-L1 = 3 gives L0 ≈ 39, 6 gives ≈ 5; JumpReLU (θ₀ = 2) 1 gives ≈ 21, 5 gives ≈ 8.5, 20 gives ≈ 5."""
+scale's targets inside the trials' range (benchmarks/README.md, "SynthSAEBench")."""
 EVAL_SAMPLES = {"synth-cpu": 20_000, "synth-16k": 500_000}
 """Fresh samples the SynthSAEBench metrics are computed on (published: 500,000)."""
 
@@ -63,9 +62,9 @@ def synth_method(row: str, l0: int, steps: int) -> dict[str, Any]:
     if row == "relu":
         return {"name": "relu", "l1_coefficient": CALIBRATED["relu"][1], "l1_warmup_steps": max(1, steps // 20)}
     if row == "jumprelu":
-        # Threshold and bandwidth scaled to magnitudes ~4–5 (the LRB's ~1). From θ₀ = 1 the threshold cannot rise
-        # far in a short run and L0 hardly answers the coefficient (200 steps: 16–21 for coefficients 2.5 to 40);
-        # from θ₀ = 2 it falls steadily with it.
+        # Threshold and bandwidth scaled to SynthSAEBench's magnitudes (μ from 5 to 4; the LRB's are ~1). From
+        # θ₀ = 1 the threshold cannot rise far in a short run and L0 hardly answers the coefficient; from θ₀ = 2
+        # it falls steadily with it (benchmarks/README.md, "SynthSAEBench").
         return {
             "name": "jumprelu",
             "l0_coefficient": CALIBRATED["jumprelu"][1],
@@ -88,8 +87,8 @@ def synth_plans(spec: BenchSpec) -> list[SynthPlan]:
                     "data": {"kind": "synth", "preset": scale.data},
                     "model": {
                         "n_latents": scale.n_latents,
-                        # Encoder rows at the decoder's unit norm: at sdlkit's TopK-family default of 0.1, half of
-                        # BatchTopK's latents were still dead after 800 steps at the CPU scale; at 1.0, a quarter.
+                        # Encoder rows at the decoder's unit norm: fewer of BatchTopK's latents stay dead than at
+                        # the TopK-family default of 0.1 (benchmarks/README.md, "SynthSAEBench").
                         "init_encoder_norm": 1.0,
                         "method": synth_method(row, l0, steps),
                     },
