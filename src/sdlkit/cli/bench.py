@@ -109,7 +109,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _checks() -> list[str]:
-    from sdlkit.paper.theory_run import CHECK_ORDER
+    from sdlkit.paper.theory.run import CHECK_ORDER
 
     return CHECK_ORDER
 
@@ -140,7 +140,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_theory(args: argparse.Namespace) -> int:
-    from sdlkit.paper.theory_run import run_theory
+    from sdlkit.paper.theory.run import run_theory
 
     results = run_theory(
         Path(args.out),
