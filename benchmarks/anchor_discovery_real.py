@@ -1,7 +1,7 @@
 """Anchor discovery on real activations: MiniLM sentence embeddings (or any labelled store) from `make real`.
 
 The LRB version (benchmarks/anchor_discovery.py) has ground truth; here the only "truth" is the store's
-labels, so recovery means Table 2's class means (sdlkit.paper.label_recovery). For one TopK recipe
+labels, so recovery means Table 2's class means (sdlkit.paper.table2.scoring). For one TopK recipe
 (examples/minilm/run.py's sentence recipe by default: 1,536 latents, k = 16, 300 steps of 1,024, lr 1e-3):
 
     none         no anchors: m discovery runs (seeds 0..m-1) and the evaluation seeds
@@ -47,7 +47,7 @@ from sdlkit.data.directions import known_directions
 from sdlkit.eval.consistency import consistency, pw_mcc
 from sdlkit.eval.recovery import best_match
 from sdlkit.io import read_json, write_json_atomically, write_text_atomically
-from sdlkit.paper.label_recovery import TAU, chance, score_dictionary
+from sdlkit.paper.table2.scoring import TAU, chance, score_dictionary
 from sdlkit.report import format_table
 from sdlkit.train import Trainer
 from sdlkit.train.anchoring import Anchors, load_anchors, save_anchors

@@ -6,7 +6,7 @@ import pytest
 
 from sdlkit.paper.bench.report_tables import _cell, method_yaml
 from sdlkit.paper.bench.report_text import compare, headline, verdict
-from sdlkit.paper.paper_tables import TABLE1
+from sdlkit.paper.published.paper import TABLE1
 
 
 @pytest.mark.parametrize(

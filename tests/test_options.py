@@ -13,7 +13,7 @@ from sdlkit.eval.absorption import absorption_rates
 from sdlkit.eval.evaluate import evaluate_checkpoint
 from sdlkit.eval.splice import splice_metrics
 from sdlkit.options import with_overrides
-from sdlkit.paper.label_table import table2
+from sdlkit.paper.table2.run import table2
 from sdlkit.paper.theory.minima import spurious_minimum
 
 

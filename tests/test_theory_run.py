@@ -10,7 +10,7 @@ import sdlkit
 from sdlkit.cli.main import main
 from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.data.lrb import LRBSource, lrb_preset
-from sdlkit.paper.training_checks import absorption_check, resampling_check
+from sdlkit.paper.theory.training_checks import absorption_check, resampling_check
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@
 3. `sdlkit harvest` the token activations of the middle layer (`encoder.layer.2`: after 3 of 6 blocks) and
    the sentence embedding sentence-transformers uses (`encoder:unit-mean`: mean over the tokens, unit
    length; the analogue of the paper's pooled CLIP embedding) into OUT/stores/;
-4. the paper's Table 2 on both stores (sdlkit.paper.label_table): TopK, BatchTopK and Matryoshka SAEs,
+4. the paper's Table 2 on both stores (sdlkit.paper.table2.run): TopK, BatchTopK and Matryoshka SAEs,
    each without and with 30 class-mean anchors (λ_anchor = 1), scored on the class means not anchored;
 5. `sdlkit browse` the anchored TopK SAE on the token store into OUT/browser/ (open OUT/browser/index.html)
    and on the sentence store into OUT/browser-sentences/ (each top row shown as its text);
@@ -37,8 +37,8 @@ from corpus import build_corpus
 from sdlkit.browse import LatentScan, ScanOptions, build_browser, scan_store
 from sdlkit.cli.main import main as sdlkit
 from sdlkit.io import load
-from sdlkit.paper.label_recovery import anchor_specificity
-from sdlkit.paper.label_table import Table2, table2, table2_markdown, verdicts
+from sdlkit.paper.table2.run import Table2, table2, table2_markdown, verdicts
+from sdlkit.paper.table2.scoring import anchor_specificity
 from sdlkit.store import ActivationStore
 
 METHODS = {
@@ -200,7 +200,7 @@ def describe_model(folder: Path) -> str:
 
 def anchored_latents(scan: LatentScan, classes: list[int]) -> dict:
     """How an anchored run's latents 0..k-1 (anchored to `classes`) behave on its store: how often they fire
-    against the other latents, and whether they fire on their own class (label_recovery.anchor_specificity)."""
+    against the other latents, and whether they fire on their own class (table2.scoring.anchor_specificity)."""
     k = len(classes)
     fired = scan.count > 0
     fired[:k] = False

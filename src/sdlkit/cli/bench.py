@@ -1,58 +1,18 @@
-"""`sdlkit bench` (the paper's tables on LRB data), `sdlkit theory` (its claims as numerical checks) and
-`sdlkit diagnose` (the activation-pattern census of one dictionary trained on LRB data)."""
+"""`sdlkit bench`: the paper's tables on LRB data, and SynthSAEBench (see sdlkit.paper.bench)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from sdlkit.cli.options import add_device, add_json, add_seed, command, device, int_list, names, print_json
+from sdlkit.cli.options import add_device, command, device, int_list, names
 
 STACK = {"auto": None, "always": True, "never": False}
 """--stack: train a row's seeds and a sweep's trials as one stacked ensemble (auto: where it is faster)."""
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    _add_bench(sub)
-    theory = command(
-        sub,
-        "theory",
-        "check the paper's theorems and predictions numerically",
-        "Each claim is reported as holding or not, with the numbers: DIR/results.json and DIR/report.md.",
-    )
-    theory.add_argument("--out", default="theory-out", help="output folder (default: theory-out)")
-    theory.add_argument("--quick", action="store_true", help="small sizes: every check in minutes on a CPU")
-    theory.add_argument("--only", default=None, help="comma-separated checks (default: all): " + ", ".join(_checks()))
-    theory.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    add_device(theory)
-    add_seed(theory, "the checks' random draws (default 0)")
-    theory.set_defaults(func=cmd_theory)
-
-    diagnose = command(
-        sub,
-        "diagnose",
-        "activation-pattern census of a dictionary trained on bench data",
-        "Every ground-truth feature is presented alone; latents are monosemantic, polysemantic or dead, features\n"
-        "recovered, absorbed or lost (the paper's Def 3.1).",
-    )
-    diagnose.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
-    diagnose.add_argument(
-        "--bench-config",
-        default=None,
-        help="YAML with the LRB data it was trained on (default: the one recorded in the checkpoint)",
-    )
-    diagnose.add_argument(
-        "--min-activation",
-        type=float,
-        default=0.0,
-        help="a latent fires for a feature when its code exceeds this (default 0, the paper's)",
-    )
-    add_json(diagnose, "the whole census")
-    add_device(diagnose)
-    diagnose.set_defaults(func=cmd_diagnose)
-
-
-def _add_bench(sub: argparse._SubParsersAction) -> None:
+    """Register bench on the `sdlkit` sub-command parser."""
     from sdlkit.paper.bench import ALL_ROWS, BENCH_PRESETS
 
     bench = command(
@@ -108,12 +68,6 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench.set_defaults(func=cmd_bench)
 
 
-def _checks() -> list[str]:
-    from sdlkit.paper.theory_run import CHECK_ORDER
-
-    return CHECK_ORDER
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from sdlkit.paper.bench import BENCH_PRESETS, BenchSpec, run_bench, run_synth_bench
 
@@ -136,40 +90,4 @@ def cmd_bench(args: argparse.Namespace) -> int:
     progress, stacked = not args.no_progress, STACK[args.stack]
     run = run_synth_bench if BENCH_PRESETS[args.preset].data == "synth" else run_bench
     run(spec, Path(args.out), resume=args.resume, overwrite=args.overwrite, progress=progress, stack=stacked)
-    return 0
-
-
-def cmd_theory(args: argparse.Namespace) -> int:
-    from sdlkit.paper.theory_run import run_theory
-
-    results = run_theory(
-        Path(args.out),
-        quick=args.quick,
-        device=device(args),
-        seed=args.seed or 0,
-        only=args.only.split(",") if args.only else None,
-        overwrite=args.overwrite,
-    )
-    held = sum(r["holds"] for r in results)
-    print(f"{held} of {len(results)} claims hold; report: {Path(args.out) / 'report.md'}")
-    return 0
-
-
-def cmd_diagnose(args: argparse.Namespace) -> int:
-    import sdlkit
-    from sdlkit.data.lrb.source import LRBSource
-    from sdlkit.paper.diagnose import bench_data_config, census, census_table, to_json
-
-    where = device(args)
-    model = sdlkit.load(args.checkpoint, device=where)
-    source = LRBSource(bench_data_config(Path(args.checkpoint), args.bench_config), device=where)
-    result = census(model, source, args.min_activation)
-    if args.json:
-        print_json(to_json(result))
-        return 0
-    print(census_table(result))
-    for feature in result["absorbed"][:20]:
-        print(f"feature {feature} is absorbed into latents {result['absorbed_into'].get(feature, [])}")
-    if len(result["absorbed"]) > 20:
-        print(f"… and {len(result['absorbed']) - 20} more absorbed features (see --json)")
     return 0

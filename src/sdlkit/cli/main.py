@@ -1,8 +1,8 @@
 """The `sdlkit` command: the root parser, the command groups, and the exit-status convention.
 
-Each command group is one module with `add_commands(sub)`: train.py (train, info), bench.py (bench, theory,
-diagnose), harvest.py (harvest, eval, export, import), browse.py (browse), compare.py (compare, anchors),
-config.py (config show, config example).
+Each command group is one module with `add_commands(sub)`: train.py (train, info), config.py (config show,
+config example), bench.py, theory.py, diagnose.py, harvest.py, eval.py, exchange.py (export, import),
+browse.py, compare.py (compare, anchors).
 
 Errors in what the user gave (a bad option, config value, checkpoint, an unusable path) print one line
 on standard error and exit with status 2; a diverged run exits 3 after naming its last good checkpoint;
@@ -16,11 +16,11 @@ import errno
 import sys
 from collections.abc import Sequence
 
-from sdlkit.cli import bench, browse, compare, config, harvest, train
+from sdlkit.cli import bench, browse, compare, config, diagnose, eval, exchange, harvest, theory, train
 from sdlkit.cli.options import Parser
 from sdlkit.errors import SdlkitError, TrainingDiverged
 
-COMMAND_GROUPS = (train, config, bench, harvest, browse, compare)
+COMMAND_GROUPS = (train, config, bench, theory, diagnose, harvest, eval, exchange, browse, compare)
 
 
 def build_parser() -> argparse.ArgumentParser:

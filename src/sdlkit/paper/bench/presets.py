@@ -1,6 +1,6 @@
 """Bench presets: which paper table a bench reproduces, its settings (the table's columns), its rows, its
 frames and its scale. Adding a preset is one entry in `BENCH_PRESETS` (and, for a paper table, its numbers in
-`paper_tables`)."""
+`sdlkit.paper.published.paper`)."""
 
 from __future__ import annotations
 

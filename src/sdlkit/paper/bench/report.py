@@ -13,20 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from sdlkit.io import write_text_atomically
-from sdlkit.paper import paper_tables
 from sdlkit.paper.bench.consistency import consistency_section
 from sdlkit.paper.bench.presets import BENCH_PRESETS
 from sdlkit.paper.bench.report_cells import group_records
 from sdlkit.paper.bench.report_plots import ablation_plots, single_setting_plots
 from sdlkit.paper.bench.report_tables import geometry_table, recipes_section, results_table
 from sdlkit.paper.bench.report_text import headline, mechanism, verdict
+from sdlkit.paper.published.paper import TABLE1, TABLE4, TABLE5, TABLE6, TABLE7
 
 PAPER = {
-    "Table 1": {"": paper_tables.TABLE1},
-    "Table 4": paper_tables.TABLE4,
-    "Table 5": paper_tables.TABLE5,
-    "Table 6": paper_tables.TABLE6,
-    "Table 7": paper_tables.TABLE7,
+    "Table 1": {"": TABLE1},
+    "Table 4": TABLE4,
+    "Table 5": TABLE5,
+    "Table 6": TABLE6,
+    "Table 7": TABLE7,
 }
 SILENT = [
     "Table 1's k, learning rates, training lengths and sparsity coefficients are not stated: our recipes "

@@ -1,6 +1,6 @@
 """`sdlkit bench --preset synth` (and `synth-16k`): SynthSAEBench's published comparison, BatchTopK, Matryoshka,
 standard L1 and JumpReLU SAEs at two L0s, trained on sdlkit's SynthSAEBench data and scored with SAELens's
-metrics (sdlkit.eval.synth_metrics), beside the published table (sdlkit.paper.synth_tables).
+metrics (sdlkit.eval.synth_metrics), beside the published table (sdlkit.paper.published.synthsaebench).
 
 One benchmark model (the data preset's seed) serves every run, as published; `--seeds` vary the SAEs. A setting's
 k is its target L0: BatchTopK and Matryoshka (with AuxK, as SAELens trains them) take it as k; L1 and JumpReLU

@@ -1,5 +1,5 @@
 """`report.md` of a synth bench: the scale it ran at against the published one, then one table per setting with
-sdlkit's SynthSAEBench metrics beside the published numbers (sdlkit.paper.synth_tables), and the recipes."""
+sdlkit's SynthSAEBench metrics beside the published numbers (sdlkit.paper.published.synthsaebench), and the recipes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sdlkit.io import write_text_atomically
 from sdlkit.paper.bench.presets import BENCH_PRESETS
 from sdlkit.paper.bench.recipes import NAMES
 from sdlkit.paper.bench.spec import BenchSpec
-from sdlkit.paper.synth_tables import METRICS, SYNTHSAEBENCH_16K
+from sdlkit.paper.published.synthsaebench import METRICS, SYNTHSAEBENCH_16K
 from sdlkit.report import format_table
 
 PUBLISHED_SETTINGS = ("L0=20", "L0=25")

@@ -11,6 +11,8 @@ callable on [batch, n_q] tensors (an sdlkit Activation, or e.g. `torch.relu`).
 - minima: Thm 3.6's spurious partial minima (the stated construction is NOT stationary in general;
   see the module docstring).
 - absorption: Thm 3.8's absorption recipe (fails on ties and with one shared threshold).
+- math_checks (on constructed points) and training_checks (on trained dictionaries): the claims checked
+  numerically; run: `sdlkit theory`, which runs every check and writes the report.
 """
 
 from sdlkit.paper.theory._util import realise_preactivations

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sdlkit.data.directions import KnownDirections
-from sdlkit.paper.label_recovery import anchor_specificity, anchors_only, class_mean_geometry, score_dictionary
+from sdlkit.paper.table2.scoring import anchor_specificity, anchors_only, class_mean_geometry, score_dictionary
 
 
 def test_anchor_specificity_worked_example():

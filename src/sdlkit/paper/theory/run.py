@@ -18,8 +18,7 @@ CHECK_ORDER = ["example-3.5", "thm-3.6", "thm-3.4", "thm-3.1", "thm-3.3", "thm-3
 
 
 def _checks(quick: bool, device: str, seed: int, out: Path) -> dict[str, Callable[[], dict[str, Any]]]:
-    from sdlkit.paper import theory_checks as math_checks
-    from sdlkit.paper import training_checks as trained
+    from sdlkit.paper.theory import math_checks, training_checks
 
     seeds = [seed] if quick else [seed, seed + 1, seed + 2]
     paired = [seed, seed + 1] if quick else seeds  # a small paired effect needs more than one seed to mean anything
@@ -30,8 +29,8 @@ def _checks(quick: bool, device: str, seed: int, out: Path) -> dict[str, Callabl
         "thm-3.1": lambda: math_checks.thm31_check(seed, out / "thm31_loss_gap.png", quick),
         "thm-3.3": lambda: math_checks.thm33_check(seed, out / "thm33_bounds.png"),
         "thm-3.8": lambda: math_checks.thm38_check(seed, n_cases=100 if quick else 500),
-        "absorption": lambda: trained.absorption_check(quick, device, seeds, out / "absorption.png"),
-        "resampling": lambda: trained.resampling_check(quick, device, paired, out / "resampling.png"),
+        "absorption": lambda: training_checks.absorption_check(quick, device, seeds, out / "absorption.png"),
+        "resampling": lambda: training_checks.resampling_check(quick, device, paired, out / "resampling.png"),
     }
 
 

@@ -24,13 +24,6 @@ import torch
 from sdlkit.data.directions import KnownDirections
 from sdlkit.eval.recovery import best_match, gt_recovery, max_inner_product
 
-PAPER_TABLE2: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
-    "TopK": ((0.0, 0.517), (0.2413, 0.851)),
-    "BatchTopK": ((0.0, 0.508), (0.2413, 0.847)),
-    "Matryoshka": ((0.0, 0.683), (0.2445, 0.858)),
-}
-"""Method -> ((M_GT, M_IP) without anchoring, (M_GT, M_IP) with it): CLIP ViT-B/32 on ImageNet-1K,
-16,384 latents, 30 anchors, λ_anchor = 1.0 (paper Table 2; M_GT as a fraction)."""
 TAU = 0.95
 
 

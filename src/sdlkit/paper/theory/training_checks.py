@@ -1,7 +1,7 @@
 """The theory's predictions about TRAINED dictionaries: dead latents and resampling, and absorption.
 
 Each check trains small dictionaries on LRB data and returns a record {check, claim, holds, figures}
-(the `sdlkit theory` schema); the pure-math checks live in `theory_checks.py`.
+(the `sdlkit theory` schema); the pure-math checks live in `math_checks.py`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Train the paper's Table 2 on a labelled store and write it down: each method with and without class-mean
-anchoring, scored on the unanchored class means beside the reference rows (sdlkit.paper.label_recovery)
+anchoring, scored on the unanchored class means beside the reference rows (sdlkit.paper.table2.scoring)
 and the paper's CLIP numbers, with sentences that say what holds.
 
     result = table2(store, methods={"TopK": {"name": "topk", "k": 32}}, n_latents=3072, steps=300,
@@ -18,14 +18,8 @@ from sdlkit.config import run_config
 from sdlkit.data import build_source
 from sdlkit.data.directions import known_directions
 from sdlkit.options import with_overrides
-from sdlkit.paper.label_recovery import (
-    PAPER_TABLE2,
-    TAU,
-    anchors_only,
-    chance,
-    class_mean_geometry,
-    score_dictionary,
-)
+from sdlkit.paper.published.paper import TABLE2
+from sdlkit.paper.table2.scoring import TAU, anchors_only, chance, class_mean_geometry, score_dictionary
 from sdlkit.report import format_table
 from sdlkit.train import Trainer
 
@@ -153,7 +147,7 @@ def table2_markdown(result: Table2) -> str:
     """Table 2's layout: our M_GT / M_IP beside the paper's, decoder and free-latent scores, FVU, L0, dead."""
     rows = []
     for run in result.runs:
-        paper = PAPER_TABLE2.get(run["method"])
+        paper = TABLE2.get(run["method"])
         theirs = paper[int(run["anchored"])] if paper else (None, None)
         rows.append(
             {

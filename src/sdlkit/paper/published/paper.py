@@ -27,6 +27,14 @@ TABLE1: dict[tuple[str, bool], Pair] = {
     ("crosscoder", True): (0.5771, 0.941),
 }
 
+TABLE2: dict[str, tuple[Pair, Pair]] = {
+    "TopK": ((0.0, 0.517), (0.2413, 0.851)),
+    "BatchTopK": ((0.0, 0.508), (0.2413, 0.847)),
+    "Matryoshka": ((0.0, 0.683), (0.2445, 0.858)),
+}
+"""Method -> ((M_GT, M_IP) without anchoring, (M_GT, M_IP) with it): CLIP ViT-B/32 on ImageNet-1K,
+16,384 latents, 30 anchors, λ_anchor = 1.0 (paper Table 2; M_GT as a fraction)."""
+
 # Table 4 (ReLU SAE): setting label n=... → (without FA, with FA).
 TABLE4: dict[str, dict[tuple[str, bool], Pair]] = {
     f"n={n}": {("relu", False): base, ("relu", True): fa}
