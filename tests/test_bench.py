@@ -167,7 +167,7 @@ def test_a_folder_with_another_bench_is_refused(tmp_path, capsys):
     ("args", "message"),
     [
         (["--preset", "nope"], "invalid choice: 'nope' (choose from 'quick'"),
-        (["--methods", "topk,nope"], "unknown bench row 'nope'"),
+        (["--rows", "topk,nope"], "unknown bench row 'nope'"),
         (["--frames", "gaussian,round"], "--frames 'gaussian,round' is not allowed"),
         (["--steps", "0"], "--steps 0 is not allowed: give at least 1"),
         (["--anchors", "300"], "--anchors 300 is larger than the number of features n = 260"),

@@ -24,7 +24,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--preset", default="quick", choices=list(BENCH_PRESETS), help="(default: quick)")
     bench.add_argument("--quick", action="store_true", help="run an ablation preset at the quick scale")
     bench.add_argument(
-        "--methods", default=None, help="comma-separated rows (default: the preset's; all: " + ",".join(ALL_ROWS) + ")"
+        "--rows",
+        "--methods",
+        dest="rows",
+        default=None,
+        help="comma-separated bench rows: a method or a method variant such as topk-auxk (default: the preset's; "
+        "all: " + ",".join(ALL_ROWS) + "); --methods is the older name",
     )
     bench.add_argument(
         "--frames",
@@ -74,7 +79,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     spec = BenchSpec(
         preset=args.preset,
         quick=args.quick,
-        rows=names("--methods", args.methods) if args.methods is not None else None,
+        rows=names("--rows", args.rows) if args.rows is not None else None,
         frames=names("--frames", args.frames) if args.frames is not None else None,
         seeds=int_list("--seeds", args.seeds),
         anchors=args.anchors,
