@@ -28,7 +28,7 @@ from sdlkit.errors import ConfigError, ShapeError
 from sdlkit.eval.directions import DirectionFiles, load_directions, score_directions
 from sdlkit.eval.metrics import DENSE_THRESHOLD, streaming_metrics
 from sdlkit.io import load, read_config, resolve_checkpoint
-from sdlkit.options import with_overrides
+from sdlkit.overrides import with_overrides
 from sdlkit.store import ActivationStore, StoreDataConfig, StoreSource
 
 

@@ -27,10 +27,10 @@ from sdlkit.harvest.checks import check_models
 from sdlkit.harvest.datasets import Dataset, open_dataset
 from sdlkit.harvest.forward import probe_dims, step_rows
 from sdlkit.harvest.models import LoadedModel, ModuleSpec, load_model, parse_dtype, parse_modules
-from sdlkit.harvest.options import HarvestOptions
 from sdlkit.harvest.prepare import Preparer, Step
 from sdlkit.harvest.resume import check_fingerprint, precheck_store, source_record
-from sdlkit.options import with_overrides
+from sdlkit.harvest.settings import HarvestOptions
+from sdlkit.overrides import with_overrides
 from sdlkit.store import StoreManifest, StoreWriter
 
 SKIPPED_IMAGES = "undecodable_images"

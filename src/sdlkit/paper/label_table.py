@@ -17,7 +17,7 @@ from typing import Any
 from sdlkit.config import run_config
 from sdlkit.data import build_source
 from sdlkit.data.directions import known_directions
-from sdlkit.options import with_overrides
+from sdlkit.overrides import with_overrides
 from sdlkit.paper.label_recovery import (
     PAPER_TABLE2,
     TAU,
