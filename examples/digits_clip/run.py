@@ -34,7 +34,7 @@ from network import train_network, write_image_folder
 from sdlkit.cli.main import main as sdlkit
 from sdlkit.config import run_config
 from sdlkit.data import build_source
-from sdlkit.data.directions import known_directions
+from sdlkit.data.directions import require_directions
 from sdlkit.eval.evaluate import evaluate_checkpoint
 from sdlkit.eval.recovery import dictionary_recovery
 from sdlkit.report import format_table
@@ -110,7 +110,7 @@ def run(out: Path, steps: int, fresh: bool) -> str:
         # twins are scored on the same classes: the anchored twin's anchors are left out of both
         anchored = twins[ANCHORS][0].anchors.indices
         for anchors, (trainer, result, source) in twins.items():
-            truth = known_directions(source)
+            truth = require_directions(source)
             anchored_classes = [truth.names[i] for i in anchored]
             recovery = dictionary_recovery(result.model, truth.W_p, truth.W_r, exclude=anchored)
             held_out = evaluate_checkpoint(result.checkpoint, store)

@@ -16,7 +16,7 @@ from typing import Any
 
 from sdlkit.config import run_config
 from sdlkit.data import build_source
-from sdlkit.data.directions import known_directions
+from sdlkit.data.directions import require_directions
 from sdlkit.overrides import with_overrides
 from sdlkit.paper.label_recovery import (
     PAPER_TABLE2,
@@ -95,7 +95,7 @@ def table2(
             if count:
                 anchored = anchor_indices
             if truth is None:
-                truth = known_directions(source)
+                truth = require_directions(source)
             source.close()
     assert truth is not None and anchored is not None
     for run in runs:  # twins are scored on the same classes: every method's anchors are the same draw
