@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sdlkit.paper.bench.report_tables import _cell, method_yaml
-from sdlkit.paper.bench.report_text import compare, headline, verdict
+from sdlkit.paper.bench.report_text import TOPK_FAMILY, compare, headline, verdict
 from sdlkit.paper.paper_tables import TABLE1
 
 
@@ -78,6 +78,12 @@ def test_headline_names_the_frame_that_reproduces_the_paper(gaussian_ip, tight_i
     sentence = headline(records, {"": TABLE1})
     assert sentence.startswith(expected), sentence
     assert f"the gaussian frame 0.0% / {gaussian_ip:.3f}" in sentence and "paper 84.5% / 0.982" in sentence
+
+
+def test_the_headline_rows_come_from_the_method_registry():
+    """Table 1's SAE rows whose method says topk_family (the transcoder and crosscoder rows train TopK, but
+    are not SAE rows)."""
+    assert TOPK_FAMILY == ("topk", "batchtopk", "matryoshka")
 
 
 def test_no_headline_with_one_frame():
