@@ -40,7 +40,7 @@ from sdlkit.eval.recovery import dictionary_recovery
 from sdlkit.report import format_table
 from sdlkit.train import Trainer
 
-METHODS = {"TopK": {"name": "topk", "k": 8}, "Matryoshka": {"name": "matryoshka", "k": 8}}
+METHOD_SPECS = {"TopK": {"name": "topk", "k": 8}, "Matryoshka": {"name": "matryoshka", "k": 8}}
 ANCHORS = 3  # of the 10 digit classes; the paper anchors 30 of ImageNet's 1000
 
 
@@ -91,9 +91,9 @@ def run(out: Path, steps: int, fresh: bool) -> str:
             raise SystemExit("harvest failed")
         harvest_seconds = time.perf_counter() - t0
 
-    print(f"3/4 training {len(METHODS) * 2} SAEs ({steps} steps each) …", flush=True)
+    print(f"3/4 training {len(METHOD_SPECS) * 2} SAEs ({steps} steps each) …", flush=True)
     rows, anchored_classes = [], None
-    for label, method in METHODS.items():
+    for label, method in METHOD_SPECS.items():
         twins = {}
         for anchors in (0, ANCHORS):
             values = sae_config(store, method, anchors, steps)
