@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdlkit.paper.bench.report_tables import _cell, method_yaml
+from sdlkit.paper.bench.report_tables import method_yaml
 from sdlkit.paper.bench.report_text import TOPK_FAMILY, compare, headline, verdict
 from sdlkit.paper.paper_tables import TABLE1
 
@@ -88,14 +88,6 @@ def test_the_headline_rows_come_from_the_method_registry():
 
 def test_no_headline_with_one_frame():
     assert headline([_run(0.9, 0.97)], {"": TABLE1}) is None
-
-
-@pytest.mark.parametrize(
-    ("values", "percent", "expected"),
-    [([0.5], True, "50.0%"), ([0.5, 0.5], True, "50.0%"), ([0.5, 0.7], False, "0.600 ± 0.141"), ([None], False, "–")],
-)
-def test_cells_leave_out_zero_spread(values, percent, expected):
-    assert _cell([{"x": v} for v in values], "x", percent) == expected
 
 
 def test_method_config_prints_as_a_set_argument_that_round_trips():
