@@ -15,7 +15,7 @@ MISSING = "–"
 
 
 def percent(x: float | None, digits: int = 1) -> str:
-    """A fraction as a percentage with `digits` decimals: 0.9123 -> '91.2%'; None -> '–'."""
+    """A fraction as a percentage with `digits` decimals and a percent sign (Python's `%` format); None -> '–'."""
     return MISSING if x is None else f"{x:.{digits}%}"
 
 
@@ -27,7 +27,7 @@ def fixed(x: float | None, digits: int = 3) -> str:
 def mean_spread(values: Sequence[float], digits: int, as_percent: bool = False) -> str:
     """The mean of `values` with `digits` decimals, '± ' their standard deviation after it when they are two
     or more and it does not round to zero (a ±0.0 says nothing): '0.600 ± 0.141'. `as_percent` scales each
-    value by 100 and marks the mean with '%': '91.2% ± 1.3'. No values -> '–'."""
+    value by 100 and puts a percent sign after the mean (the spread is in points). No values -> '–'."""
     if not values:
         return MISSING
     scaled = [v * 100 for v in values] if as_percent else list(values)
