@@ -43,7 +43,7 @@ import sdlkit
 from sdlkit.cli.main import main as sdlkit_cli
 from sdlkit.config import run_config
 from sdlkit.data import build_source
-from sdlkit.data.directions import known_directions
+from sdlkit.data.directions import require_directions
 from sdlkit.eval.consistency import consistency, pw_mcc
 from sdlkit.eval.recovery import best_match
 from sdlkit.io import read_json, write_json_atomically, write_text_atomically
@@ -122,7 +122,7 @@ def train_and_score(args: argparse.Namespace, run: Run, file: Path | None) -> di
     n_anchors = min(args.anchors, load_anchors(file).k) if file is not None else 0
     config = run_config(config_values(args, run, n_anchors, file))
     source = build_source(config.data)
-    truth = known_directions(source)
+    truth = require_directions(source)
     anchors = load_anchors(file, n_anchors) if file is not None else None
     run_dir = Path(args.out) / "runs" / run.run_id
     trainer = Trainer(config, source, run_dir, anchors=anchors)
@@ -240,7 +240,7 @@ def summarise(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[s
     out = Path(args.out)
     pw = pw_mcc_columns(out, records, args.seeds)
     source = build_source(run_config(config_values(args, Run("none", 0, args.steps), 0, None)).data)
-    truth = known_directions(source)
+    truth = require_directions(source)
     source.close()
     reference = {"chance": chance(truth, [], args.latents), "classes": truth.W_p.shape[1]}
     return {

@@ -24,7 +24,7 @@ LAYERS = {
     "cli": 8,
 }
 """Each subpackage's layer: a module may import its own layer or lower ones, never a higher one. The top-level
-modules (io, config, errors, seeding, options, report) are plumbing that any layer may use; config.py
+modules (io, config, errors, seeding, overrides, devices, report) are plumbing that any layer may use; config.py
 imports the data sources (it validates run configs), so it sits above store for import purposes."""
 
 

@@ -57,7 +57,7 @@ def one_line_error(capsys, argv, match):
         (["data.S=1.0"], "S"),
         (["train.lrr=1"], "unknown option 'train.lrr'"),
         (["train.batch_size=0"], "train.batch_size = 0 is not allowed: Input should be greater than 0"),
-        (["device=tpu"], "unknown device 'tpu'"),
+        (["device=tpu"], "device 'tpu' is unknown; use cpu, cuda, cuda:N or auto"),
         (["data.preset=nope"], "nope"),
         (["train.lr"], "is not key=value"),
     ],

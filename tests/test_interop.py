@@ -13,11 +13,10 @@ from sdlkit.core.exchange import Exchange, Written
 from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.errors import CheckpointError, ConfigError, SdlkitError
 from sdlkit.interop import export_checkpoint, import_checkpoint
-from sdlkit.methods import METHODS as REGISTRY
-from sdlkit.methods import Activation, MethodConfig
+from sdlkit.methods import METHODS, Activation, MethodConfig
 
 N_IN, N_LATENTS = 12, 24
-METHODS = {
+EXPORT_METHOD_SPECS = {
     "relu": "relu",
     "jumprelu": "jumprelu",
     "topk": {"name": "topk", "k": 5},
@@ -26,6 +25,7 @@ METHODS = {
     "matryoshka-topk": {"name": "matryoshka", "k": 5, "selection": "topk"},
     "matryoshka-batchtopk": {"name": "matryoshka", "k": 5},
 }
+"""The method configs every export format is checked on, by case name (the registry is sdlkit.methods.METHODS)."""
 
 
 def randomised(method, n_in=N_IN, n_out=None, dtype="float64", seed=0, **kw) -> SparseDictionary:
@@ -100,7 +100,7 @@ def sparsify_forward(folder, x):
 # ----- SAELens: export ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["relu", "jumprelu", "topk", "gated"])
 def test_saelens_round_trip_keeps_codes_and_reconstructions(tmp_path, name):
-    model = randomised(METHODS[name])
+    model = randomised(EXPORT_METHOD_SPECS[name])
     export_checkpoint(saved(model, tmp_path), tmp_path / "sl", "saelens")
     import_checkpoint(tmp_path / "sl", tmp_path / "back", "saelens")
     back = sdlkit.load(tmp_path / "back").eval()
@@ -112,9 +112,9 @@ def test_saelens_round_trip_keeps_codes_and_reconstructions(tmp_path, name):
     torch.testing.assert_close(back(x).x_hat, model(x).x_hat, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(EXPORT_METHOD_SPECS))
 def test_saelens_files_reproduce_the_model_under_saelens_forward(tmp_path, name):
-    model = randomised(METHODS[name])
+    model = randomised(EXPORT_METHOD_SPECS[name])
     out = export_checkpoint(saved(model, tmp_path), tmp_path / "sl", "saelens", hook_name="blocks.3.hook_resid_post")
     codes, x_hat = saelens_forward(out, inputs())
     assert_sparse(codes)
@@ -131,7 +131,7 @@ def test_saelens_files_reproduce_the_model_under_saelens_forward(tmp_path, name)
 
 
 def test_batchtopk_exports_as_jumprelu_with_its_global_threshold(tmp_path):
-    model = randomised(METHODS["batchtopk"])
+    model = randomised(EXPORT_METHOD_SPECS["batchtopk"])
     export_checkpoint(saved(model, tmp_path), tmp_path / "sl", "saelens")
     weights = load_file(str(tmp_path / "sl" / "sae_weights.safetensors"))
     assert torch.equal(weights["threshold"], torch.full((N_LATENTS,), 1.5, dtype=torch.float64))
@@ -197,7 +197,7 @@ class ShiftedReLUConfig(MethodConfig):
 
 
 def test_a_new_method_exports_through_its_own_declaration(tmp_path, monkeypatch):
-    monkeypatch.setitem(REGISTRY, "shifted-relu", ShiftedReLUConfig)  # registered here; interop is untouched
+    monkeypatch.setitem(METHODS, "shifted-relu", ShiftedReLUConfig)  # registered here; interop is untouched
     model = randomised({"name": "shifted-relu"})
     out = export_checkpoint(saved(model, tmp_path), tmp_path / "sl", "saelens")
     cfg = json.loads((out / "cfg.json").read_text())
@@ -304,7 +304,7 @@ def test_older_jumprelu_files_with_log_threshold_import(tmp_path):
 # ----- sparsify -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["topk", "matryoshka-topk"])
 def test_sparsify_round_trip_and_sparsify_forward(tmp_path, name):
-    model = randomised(METHODS[name])
+    model = randomised(EXPORT_METHOD_SPECS[name])
     out = export_checkpoint(saved(model, tmp_path), tmp_path / "layers.3", "sparsify")
     cfg = json.loads((out / "cfg.json").read_text())
     assert (cfg["d_in"], cfg["num_latents"], cfg["k"], cfg["transcode"]) == (N_IN, N_LATENTS, 5, False)
@@ -383,12 +383,13 @@ def test_crosscoder_export_is_refused(tmp_path, fmt):
 @pytest.mark.parametrize(("name", "message"), [("relu", "TopK dictionaries only"), ("batchtopk", "--format saelens")])
 def test_non_topk_to_sparsify_is_refused(tmp_path, name, message):
     with pytest.raises(ConfigError, match=message):
-        export_checkpoint(saved(randomised(METHODS[name]), tmp_path), tmp_path / "out", "sparsify")
+        export_checkpoint(saved(randomised(EXPORT_METHOD_SPECS[name]), tmp_path), tmp_path / "out", "sparsify")
 
 
 def test_topk_transcoder_to_saelens_is_refused(tmp_path):
+    model = randomised(EXPORT_METHOD_SPECS["topk"], n_out=7)
     with pytest.raises(ConfigError, match="SAELens has no topk transcoder"):
-        export_checkpoint(saved(randomised(METHODS["topk"], n_out=7), tmp_path), tmp_path / "out", "saelens")
+        export_checkpoint(saved(model, tmp_path), tmp_path / "out", "saelens")
 
 
 def test_unrepresentable_saelens_files_are_refused(tmp_path):

@@ -1,6 +1,8 @@
 """Checkpoint folders: bit-exact round trips, atomic writes, corrupt and mismatched files named."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -8,7 +10,16 @@ import torch
 import sdlkit
 from sdlkit.core.model import ModelConfig, SparseDictionary
 from sdlkit.errors import CheckpointError
-from sdlkit.io import flatten_state, unflatten_state, write_folder_atomically
+from sdlkit.io import (
+    flatten_state,
+    load_tensors,
+    save_tensors_atomically,
+    unflatten_state,
+    write_atomically,
+    write_folder_atomically,
+    write_json_atomically,
+    write_text_atomically,
+)
 
 SPECS = [
     "relu",
@@ -125,6 +136,78 @@ def test_interrupted_write_leaves_nothing_loadable_and_keeps_the_old(tmp_path):
         write_folder_atomically(target, half_write)
     assert (target / "weights.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+WRITERS = {
+    "text": lambda path: write_text_atomically(path, "one line\n"),
+    "json": lambda path: write_json_atomically(path, {"a": [1, 2]}),
+    "safetensors": lambda path: save_tensors_atomically(path, {"x": torch.arange(6.0)}, {"k": "v"}),
+}
+"""Every way sdlkit replaces a single file; each goes through the one writer, io.write_atomically."""
+
+
+@pytest.mark.parametrize("kind", list(WRITERS))
+def test_atomic_writes_fsync_the_new_file_before_the_rename_then_the_folder(tmp_path, monkeypatch, kind):
+    path = tmp_path / "out.file"
+    synced = []  # (inode, was the target in place yet) per fsync
+    real_fsync = os.fsync
+
+    def counting_fsync(fd):
+        synced.append((os.fstat(fd).st_ino, path.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    WRITERS[kind](path)
+    assert synced == [(path.stat().st_ino, False), (tmp_path.stat().st_ino, True)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.file"]
+
+
+def test_atomic_writes_round_trip_and_replace(tmp_path):
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(b"old")
+    base = torch.arange(6.0)
+    save_tensors_atomically(path, {"x": base, "view": base[2:4], "again": base})  # shared memory is copied
+    loaded = load_tensors(path)
+    assert torch.equal(loaded["x"], base) and torch.equal(loaded["again"], base)
+    assert torch.equal(loaded["view"], torch.tensor([2.0, 3.0]))
+    write_json_atomically(tmp_path / "r.json", {"a": 1})
+    write_json_atomically(tmp_path / "r.json", {"a": 2})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": 2}
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "results.json"
+    write_json_atomically(path, [1])
+    with pytest.raises(TypeError):
+        write_json_atomically(path, [object()])  # not JSON: fails before anything is written
+
+    def half_write(tmp):
+        tmp.write_text("[2, ")
+        raise OSError(28, "No space left on device", str(tmp))  # the disk filled mid-write
+
+    with pytest.raises(OSError, match="No space left"):
+        write_atomically(path, half_write)
+    assert json.loads(path.read_text()) == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_atomic_writes_give_the_modes_the_umask_allows(tmp_path, umask):
+    """Files 0666 and folders 0777 less the umask, as open() and mkdir give, whatever was there before."""
+    (tmp_path / ".stale.json.tmp").write_text("left by a killed write")
+    os.chmod(tmp_path / ".stale.json.tmp", 0o600)
+    old = os.umask(umask)
+    try:
+        for kind, write in WRITERS.items():
+            write(tmp_path / kind)
+        write_json_atomically(tmp_path / "stale.json", {})
+        sdlkit.save(randomised("relu"), tmp_path / "ckpt")
+    finally:
+        os.umask(old)
+    mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+    for name in [*WRITERS, "stale.json", "ckpt/config.json", "ckpt/weights.safetensors"]:
+        assert mode(tmp_path / name) == 0o666 & ~umask, name
+    assert mode(tmp_path / "ckpt") == 0o777 & ~umask
 
 
 def test_flatten_state_round_trip():

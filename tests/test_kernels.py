@@ -15,13 +15,15 @@ from sdlkit.data import build_source
 from sdlkit.errors import ConfigError
 from sdlkit.train.trainer import Trainer
 
-METHODS = {
+KERNEL_METHOD_SPECS = {
     "topk": {"name": "topk", "k": 5},
     "batchtopk": {"name": "batchtopk", "k": 5},
     "matryoshka": {"name": "matryoshka", "k": 5, "selection": "topk", "prefixes": [3, 10, 24, 40]},
     "matryoshka-batchtopk": {"name": "matryoshka", "k": 5, "prefixes": [4, 40]},
     "topk-auxk": {"name": "topk", "k": 5, "auxk": {"k_aux": 7}},
 }
+"""The TopK-family method configs the sparse kernel is checked on, by case name (the registry is
+sdlkit.methods.METHODS)."""
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -81,21 +83,21 @@ def assert_kernels_agree(method, n_in=12, n_out=None, n_latents=40, batch=16, bi
 
 
 @pytest.mark.parametrize("chunk_entries", [1 << 22, 100])
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(KERNEL_METHOD_SPECS))
 def test_loss_and_gradients_agree(name, chunk_entries, monkeypatch):
     """Also with z computed two rows at a time (100 entries), as large batches are."""
     monkeypatch.setattr(model_module, "SPARSE_CHUNK_ENTRIES", chunk_entries)
     dead = torch.zeros(40, dtype=torch.bool)
     dead[::3] = True  # AuxK needs dead latents; the other methods ignore the mask
-    assert_kernels_agree(METHODS[name], dead=dead)
+    assert_kernels_agree(KERNEL_METHOD_SPECS[name], dead=dead)
 
 
 def test_auxk_with_fewer_dead_latents_than_k_aux_and_with_none():
     dead = torch.zeros(40, dtype=torch.bool)
     dead[[4, 17]] = True
-    assert_kernels_agree(METHODS["topk-auxk"], dead=dead)
+    assert_kernels_agree(KERNEL_METHOD_SPECS["topk-auxk"], dead=dead)
     _, parts, _, _ = loss_and_grads(
-        make_model("sparse", METHODS["topk-auxk"]),
+        make_model("sparse", KERNEL_METHOD_SPECS["topk-auxk"]),
         torch.randn(8, 12),
         torch.randn(8, 12),
         torch.zeros(40, dtype=torch.bool),
@@ -104,7 +106,7 @@ def test_auxk_with_fewer_dead_latents_than_k_aux_and_with_none():
 
 
 def test_l1_term_and_input_gradient_agree():
-    assert_kernels_agree(METHODS["topk"], extra=[L1Penalty(0.3)], x_grad=True)
+    assert_kernels_agree(KERNEL_METHOD_SPECS["topk"], extra=[L1Penalty(0.3)], x_grad=True)
 
 
 def test_k_equal_to_n_latents():
@@ -113,18 +115,18 @@ def test_k_equal_to_n_latents():
 
 
 def test_batch_of_one_bias_off_and_transcoder():
-    assert_kernels_agree(METHODS["topk"], batch=1)
-    assert_kernels_agree(METHODS["batchtopk"], batch=1)
-    assert_kernels_agree(METHODS["topk"], bias=False)
-    assert_kernels_agree(METHODS["matryoshka"], bias=False)
-    assert_kernels_agree(METHODS["topk"], n_in=12, n_out=7)
-    assert_kernels_agree(METHODS["batchtopk"], n_in=9, n_out=15)
+    assert_kernels_agree(KERNEL_METHOD_SPECS["topk"], batch=1)
+    assert_kernels_agree(KERNEL_METHOD_SPECS["batchtopk"], batch=1)
+    assert_kernels_agree(KERNEL_METHOD_SPECS["topk"], bias=False)
+    assert_kernels_agree(KERNEL_METHOD_SPECS["matryoshka"], bias=False)
+    assert_kernels_agree(KERNEL_METHOD_SPECS["topk"], n_in=12, n_out=7)
+    assert_kernels_agree(KERNEL_METHOD_SPECS["batchtopk"], n_in=9, n_out=15)
 
 
 def test_ties_pick_the_same_latents():
     """Latents with identical encoder rows tie exactly; both kernels make topk's choice."""
     for name in ("topk", "batchtopk"):
-        dense, sparse = make_model("dense", METHODS[name]), make_model("sparse", METHODS[name])
+        dense, sparse = make_model("dense", KERNEL_METHOD_SPECS[name]), make_model("sparse", KERNEL_METHOD_SPECS[name])
         for model in (dense, sparse):
             with torch.no_grad():
                 model.W_E[10:20] = model.W_E[0]
@@ -137,7 +139,8 @@ def test_ties_pick_the_same_latents():
 
 
 def test_batchtopk_inference_uses_the_threshold():
-    dense, sparse = make_model("dense", METHODS["batchtopk"]), make_model("sparse", METHODS["batchtopk"])
+    spec = KERNEL_METHOD_SPECS["batchtopk"]
+    dense, sparse = make_model("dense", spec), make_model("sparse", spec)
     x = torch.randn(32, 12)
     dense(x), sparse(x)  # one training batch sets θ
     assert dense.activation.threshold == sparse.activation.threshold > 0
@@ -184,8 +187,8 @@ def test_pattern_groupings_and_decode_match_dense():
 def test_bfloat16_model_takes_the_gather_fallback():
     g = torch.Generator().manual_seed(4)
     x = torch.randn(16, 12, generator=g)
-    dense = make_model("dense", METHODS["topk"], dtype="bfloat16")
-    sparse = make_model("sparse", METHODS["topk"], dtype="bfloat16")
+    dense = make_model("dense", KERNEL_METHOD_SPECS["topk"], dtype="bfloat16")
+    sparse = make_model("sparse", KERNEL_METHOD_SPECS["topk"], dtype="bfloat16")
     _, _, grads_d, _ = loss_and_grads(dense, x, x.bfloat16())
     _, _, grads_s, _ = loss_and_grads(sparse, x, x.bfloat16())
     for name in grads_d:

@@ -11,7 +11,7 @@ import torch
 import sdlkit
 from sdlkit.config import run_config
 from sdlkit.data import LRBConfig, LRBSource, build_source, lrb_preset
-from sdlkit.data.directions import known_directions
+from sdlkit.data.directions import require_directions
 from sdlkit.data.source import (
     SOURCES,
     Batch,
@@ -141,9 +141,9 @@ def test_a_registered_source_trains_end_to_end(toy_kind, tmp_path):
     assert (config.model.n_in, config.model.in_blocks) == (5, [5])  # the shape came from ToyConfig.shape
     source = build_source(config.data)
     assert isinstance(source, ToySource)
-    assert known_directions(source).names[:2] == ["e0", "e1"]
+    assert require_directions(source).names[:2] == ["e0", "e1"]
     with pytest.raises(ConfigError, match="no known directions"):
-        known_directions(source, "labels")
+        require_directions(source, "labels")
 
     trainer = Trainer(config, source, tmp_path)
     result = trainer.fit()
@@ -170,4 +170,4 @@ def test_a_source_without_known_directions_or_scales_gets_the_defaults():
 
     assert Plain().known_directions() is None and Plain().block_scales() is None
     with pytest.raises(ConfigError, match="anchors from ground truth need"):
-        known_directions(Plain(), "ground_truth")
+        require_directions(Plain(), "ground_truth")

@@ -13,7 +13,7 @@ import sdlkit
 from sdlkit.cli.main import main
 from sdlkit.config import run_config
 from sdlkit.data import build_source
-from sdlkit.data.directions import known_directions
+from sdlkit.data.directions import require_directions
 from sdlkit.errors import ConfigError
 from sdlkit.eval.evaluate import evaluate_checkpoint
 from sdlkit.eval.metrics import reconstruction_metrics
@@ -85,7 +85,7 @@ def test_anchors_from_labels_are_the_normalised_class_means(tmp_path):
     config = run_config(values(store, anchors={"count": 2, "weight": 1.0, "source": "labels"}, steps=150, lr=0.02))
     source = build_source(config.data)
     trainer = Trainer(config, source)
-    truth = known_directions(source)
+    truth = require_directions(source)
     assert truth.kind == "labels" and truth.names == CLASSES
     # the class means of this data point along the class directions (cosine near 1)
     cosines = torch.nn.functional.cosine_similarity(truth.W_p.T, directions, dim=1)

@@ -34,13 +34,13 @@ from network import train_network, write_image_folder
 from sdlkit.cli.main import main as sdlkit
 from sdlkit.config import run_config
 from sdlkit.data import build_source
-from sdlkit.data.directions import known_directions
+from sdlkit.data.directions import require_directions
 from sdlkit.eval.evaluate import evaluate_checkpoint
 from sdlkit.eval.recovery import dictionary_recovery
 from sdlkit.report import format_table
 from sdlkit.train import Trainer
 
-METHODS = {"TopK": {"name": "topk", "k": 8}, "Matryoshka": {"name": "matryoshka", "k": 8}}
+METHOD_SPECS = {"TopK": {"name": "topk", "k": 8}, "Matryoshka": {"name": "matryoshka", "k": 8}}
 ANCHORS = 3  # of the 10 digit classes; the paper anchors 30 of ImageNet's 1000
 
 
@@ -91,9 +91,9 @@ def run(out: Path, steps: int, fresh: bool) -> str:
             raise SystemExit("harvest failed")
         harvest_seconds = time.perf_counter() - t0
 
-    print(f"3/4 training {len(METHODS) * 2} SAEs ({steps} steps each) …", flush=True)
+    print(f"3/4 training {len(METHOD_SPECS) * 2} SAEs ({steps} steps each) …", flush=True)
     rows, anchored_classes = [], None
-    for label, method in METHODS.items():
+    for label, method in METHOD_SPECS.items():
         twins = {}
         for anchors in (0, ANCHORS):
             values = sae_config(store, method, anchors, steps)
@@ -110,7 +110,7 @@ def run(out: Path, steps: int, fresh: bool) -> str:
         # twins are scored on the same classes: the anchored twin's anchors are left out of both
         anchored = twins[ANCHORS][0].anchors.indices
         for anchors, (trainer, result, source) in twins.items():
-            truth = known_directions(source)
+            truth = require_directions(source)
             anchored_classes = [truth.names[i] for i in anchored]
             recovery = dictionary_recovery(result.model, truth.W_p, truth.W_r, exclude=anchored)
             held_out = evaluate_checkpoint(result.checkpoint, store)

@@ -41,7 +41,7 @@ from sdlkit.paper.table2.run import Table2, table2, table2_markdown, verdicts
 from sdlkit.paper.table2.scoring import anchor_specificity
 from sdlkit.store import ActivationStore
 
-METHODS = {
+METHOD_SPECS = {
     "TopK": {"name": "topk"},
     "BatchTopK": {"name": "batchtopk"},
     "Matryoshka": {"name": "matryoshka"},
@@ -91,7 +91,7 @@ def class_ids(store: Path, result: Table2) -> list[int]:
 
 
 def methods(k: int) -> dict[str, dict]:
-    return {label: {**method, "k": k} for label, method in METHODS.items()}
+    return {label: {**method, "k": k} for label, method in METHOD_SPECS.items()}
 
 
 def run(args: argparse.Namespace) -> str:
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> str:
     scan = build_browser(browsed, token_store, out / "browser", device=args.device, overwrite=True)["scan"]
     browse_seconds = time.perf_counter() - began
     anchored = [("token rows", "TopK + FA", anchored_latents(scan, class_ids(token_store, tokens)))]
-    for label, method in METHODS.items():  # the sentence store is small: scan each anchored run
+    for label, method in METHOD_SPECS.items():  # the sentence store is small: scan each anchored run
         run_dir = out / "runs" / "sentences" / f"{method['name']}-fa"
         quiet = ScanOptions(progress=False)
         if method["name"] == "topk":  # its browser too, each top row shown as its text

@@ -1,7 +1,10 @@
 """Checkpoint folders: `config.json` + `weights.safetensors`, written atomically, read back strictly.
 
 A checkpoint is written into a temporary sibling folder, every file fsynced, then renamed into place:
-a run killed mid-write leaves only a `.tmp-*` folder that nothing loads. `config.json` records the
+a run killed mid-write leaves only a `.tmp-*` folder that nothing loads. A single file (results, a log,
+a manifest, a store shard) is replaced the same way by `write_atomically`, the one durable writer: a
+temporary file beside it, fsynced, renamed, the folder fsynced. Files and folders get the modes `open()`
+and `mkdir` give under the user's umask. `config.json` records the
 SHA-256 of the weights file, so a truncated or altered file is named as corrupt instead of loading
 wrong numbers. No pickle anywhere: nested state (optimiser, scheduler) is split into tensors for
 safetensors and a JSON skeleton that points at them.
@@ -47,15 +50,54 @@ def sha256(path: Path) -> str:
 
 
 def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
+    """Flush what the system holds of the file or folder at `path` to the disk (a folder: its entries)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Replace the file `path` with the one `write(tmp)` writes at a temporary path beside it, durably: the
+    temporary file is fsynced, renamed over `path`, and the folder fsynced, so readers see the old file or
+    the whole new one, never half, even after a power cut. A failed write (a full disk) leaves the old file
+    and no temporary. `write` creates the file as `open()` does (mode 0666 less the umask; `save_file_checked`
+    gives safetensors files that mode too)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)  # a leftover keeps its mode: start afresh so the umask decides
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync(path.parent)
+
+
+def _umask() -> int:
+    """The process's umask, read from /proc where the system has it (setting and restoring it elsewhere)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_folder_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_dir)` to fill a temporary folder, then rename it to `target` (replacing it)."""
+    """Call `write(tmp_dir)` to fill a temporary folder, fsync its files, then rename it to `target`
+    (replacing it) and fsync the parent folder."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: give the mode mkdir would
     try:
         write(tmp)
         for file in tmp.iterdir():
@@ -70,6 +112,7 @@ def write_folder_atomically(target: Path, write: Callable[[Path], None]) -> Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _fsync(target.parent)
     return target
 
 
@@ -99,19 +142,12 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one rename: readers see the old file or the new, never half (and a
-    failed write, e.g. on a full disk, leaves the old file and no temporary)."""
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    try:
-        write_text(tmp, text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Replace `path` with `text` durably, in one rename (`write_atomically`)."""
+    write_atomically(path, lambda tmp: write_text(tmp, text))
 
 
 def write_json_atomically(path: Path, obj: Any) -> None:
-    """Replace `path` with `obj` as JSON in one rename (see `write_text_atomically`)."""
+    """Replace `path` with `obj` as JSON durably, in one rename (`write_atomically`)."""
     write_text_atomically(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
@@ -124,27 +160,36 @@ def save_file_checked(tensors: dict[str, torch.Tensor], path: Path, metadata: di
         match = re.search(r"os error (\d+)", str(err))
         code = int(match.group(1)) if match else errno.EIO
         raise OSError(code, os.strerror(code), str(path)) from None
+    os.chmod(path, 0o666 & ~_umask())  # safetensors creates its files 0600: give the mode open() would
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors, contiguous and detached, each one whose memory another already holds copied (safetensors
+    refuses tensors that share memory; copying only those keeps a large shard or checkpoint from being held
+    twice)."""
+    owned: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().contiguous()
+        if tensor.untyped_storage().data_ptr() in storages:
+            tensor = tensor.clone()
+        storages.add(tensor.untyped_storage().data_ptr())
+        owned[name] = tensor
+    return owned
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """safetensors needs contiguous tensors that share no memory."""
-    save_file_checked({k: v.detach().contiguous().clone() for k, v in tensors.items()}, path)
+    """Write `tensors` as the safetensors file `path` (inside a folder `write_folder_atomically` fills)."""
+    save_file_checked(_unshared(tensors), path)
 
 
 def save_tensors_atomically(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
-    """Replace the safetensors file `path` in one rename (readers see the old file or the new, never half);
-    `metadata` (strings) goes into its header."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file_checked({k: v.detach().contiguous().clone() for k, v in tensors.items()}, tmp, metadata)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Replace the safetensors file `path` durably, in one rename (`write_atomically`); `metadata` (strings)
+    goes into its header."""
+    owned = _unshared(tensors)
+    write_atomically(path, lambda tmp: save_file_checked(owned, tmp, metadata))
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -1,12 +1,46 @@
-"""Plain-text and Markdown tables for the terminal and reports."""
+"""Plain-text and Markdown tables for the terminal and reports, and the number formats of their cells.
+
+Every table sdlkit prints formats its numbers here: `percent` and `fixed` for one value, `mean_spread` for a
+value over seeds, `cell` for whatever a row holds; a missing value is `MISSING` everywhere.
+"""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
+MISSING = "–"
+"""The cell of a value that is not there (None, or no run has it)."""
 
-def _cell(value: Any, digits: int) -> str:
+
+def percent(x: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage with `digits` decimals and a percent sign (Python's `%` format); None -> '–'."""
+    return MISSING if x is None else f"{x:.{digits}%}"
+
+
+def fixed(x: float | None, digits: int = 3) -> str:
+    """A number with `digits` decimals: 0.91234 -> '0.912'; None -> '–'."""
+    return MISSING if x is None else f"{x:.{digits}f}"
+
+
+def mean_spread(values: Sequence[float], digits: int, as_percent: bool = False) -> str:
+    """The mean of `values` with `digits` decimals, '± ' their standard deviation after it when they are two
+    or more and it does not round to zero (a ±0.0 says nothing): '0.600 ± 0.141'. `as_percent` scales each
+    value by 100 and puts a percent sign after the mean (the spread is in points). No values -> '–'."""
+    if not values:
+        return MISSING
+    scaled = [v * 100 for v in values] if as_percent else list(values)
+    text = f"{statistics.fmean(scaled):.{digits}f}" + ("%" if as_percent else "")
+    spread = statistics.stdev(scaled) if len(scaled) > 1 else 0.0
+    if round(spread, digits) > 0:
+        text += f" ± {spread:.{digits}f}"
+    return text
+
+
+def cell(value: Any, digits: int = 4) -> str:
+    """Any value as a table cell: a float to `digits` significant digits (below 1e-3 in scientific notation,
+    NaN as 'nan'), anything else as `str` gives it."""
     if isinstance(value, float):
         if value != value:  # NaN
             return "nan"
@@ -16,7 +50,7 @@ def _cell(value: Any, digits: int) -> str:
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], digits: int = 4) -> str:
     """A Markdown table of `columns` (keys of each row), aligned so it also reads well in a terminal."""
-    cells = [[_cell(row.get(col, ""), digits) for col in columns] for row in rows]
+    cells = [[cell(row.get(col, ""), digits) for col in columns] for row in rows]
     widths = [max(len(col), *(len(r[i]) for r in cells)) if cells else len(col) for i, col in enumerate(columns)]
     lines = [
         "| " + " | ".join(col.ljust(w) for col, w in zip(columns, widths, strict=True)) + " |",

@@ -13,6 +13,7 @@ import json
 import sys
 from typing import Any
 
+from sdlkit.devices import resolve_device
 from sdlkit.errors import SdlkitError
 
 
@@ -47,12 +48,7 @@ def add_json(parser: argparse.ArgumentParser, what: str) -> None:
 
 def device(args: argparse.Namespace) -> str:
     """The command's device: --device, else the command's default, with 'auto' resolved."""
-    from sdlkit.config import resolve_device
-
-    try:
-        return resolve_device(args.device or args.default_device)
-    except ValueError as err:
-        raise SdlkitError(str(err)) from None
+    return resolve_device(args.device or args.default_device, "--device")
 
 
 def print_json(value: Any) -> None:

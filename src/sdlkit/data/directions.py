@@ -5,8 +5,8 @@ against.
 - A labelled activation store: the class means, the paper's proxy ground truth on real data (eq. 23–24,
   Table 2: normalised class-mean CLIP embeddings of ImageNet). Means are not centred, as in the paper.
 
-Each source declares them with `DataSource.known_directions`; this module asks for them and says what
-would do when the data have none.
+Each source declares them with `DataSource.known_directions`, which returns None when it has none;
+`require_directions` asks for them where they are needed and raises, saying what data would do.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from __future__ import annotations
 from sdlkit.data.source import DataSource, DirectionKind, KnownDirections
 from sdlkit.errors import ConfigError
 
-__all__ = ["DirectionKind", "KnownDirections", "known_directions"]
+__all__ = ["DirectionKind", "KnownDirections", "require_directions"]
 
 
-def known_directions(source: DataSource, kind: DirectionKind = "auto") -> KnownDirections:
+def require_directions(source: DataSource, kind: DirectionKind = "auto") -> KnownDirections:
     """The directions of `source`: its ground truth, or its labelled class means (`kind` picks; 'auto'
     takes whichever the source has). A source with neither gets a ConfigError naming what would do."""
     found = source.known_directions(kind)

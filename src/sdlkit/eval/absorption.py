@@ -57,7 +57,7 @@ from sdlkit.data.lrb.hierarchy import Hierarchy
 from sdlkit.data.lrb.source import LRBSource
 from sdlkit.errors import ConfigError, ShapeError
 from sdlkit.eval.recovery import best_match
-from sdlkit.options import with_overrides
+from sdlkit.overrides import with_overrides
 
 __all__ = ["DEFAULT_COS_THRESHOLD", "AbsorptionOptions", "absorption_rates", "aligned_latents"]
 

@@ -20,15 +20,15 @@ from typing import Any
 
 import torch
 
-from sdlkit.config import resolve_device
 from sdlkit.core.model import SparseDictionary
 from sdlkit.data.array.files import ArrayFile, check_finite, open_array
 from sdlkit.data.source import Batch
+from sdlkit.devices import resolve_device
 from sdlkit.errors import ConfigError, ShapeError
 from sdlkit.eval.directions import DirectionFiles, load_directions, score_directions
 from sdlkit.eval.metrics import DENSE_THRESHOLD, streaming_metrics
 from sdlkit.io import load, read_config, resolve_checkpoint
-from sdlkit.options import with_overrides
+from sdlkit.overrides import with_overrides
 from sdlkit.store import ActivationStore, StoreDataConfig, StoreSource
 
 
@@ -118,10 +118,7 @@ def evaluate_checkpoint(
             raise ConfigError(f"{flag} {value} is not allowed: it must be a positive number of rows")
     if options.splice and store_path is None:
         raise ConfigError("--splice needs --store: it re-runs the model on the samples a store's rows came from")
-    try:
-        device = resolve_device(options.device)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    device = resolve_device(options.device, "--device")
     folder = resolve_checkpoint(checkpoint)
     saved = read_config(folder)
     run_data = saved.get("run", {}).get("data")

@@ -25,7 +25,7 @@ from torch import nn
 from sdlkit.errors import ConfigError, ShapeError
 from sdlkit.harvest.hooks import capture, replace_output
 from sdlkit.harvest.models import ModuleSpec, check_context_size, parse_modules, prepare_tokenizer
-from sdlkit.options import with_overrides
+from sdlkit.overrides import with_overrides
 
 Dictionary = Callable[[torch.Tensor], torch.Tensor]
 """Maps activations [rows, n_in] (float32, on the model's device) to reconstructions [rows, n_out]."""

@@ -11,8 +11,8 @@ are imported only when a model, an image or a Parquet file is actually read.
 from sdlkit.harvest.checks import check_store_matches_model
 from sdlkit.harvest.datasets import Dataset, open_dataset
 from sdlkit.harvest.models import LoadedModel, ModuleSpec, list_modules, load_model, module_table, parse_modules
-from sdlkit.harvest.options import HarvestOptions
 from sdlkit.harvest.run import harvest
+from sdlkit.harvest.settings import HarvestOptions
 
 __all__ = [
     "Dataset",

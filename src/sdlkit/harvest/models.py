@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from sdlkit.devices import resolve_device
 from sdlkit.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -42,16 +43,6 @@ def parse_dtype(name: str, option: str = "dtype") -> torch.dtype:
     if name not in DTYPES:
         raise ConfigError(f"{option} = {name!r} is not allowed: use one of {', '.join(DTYPES)}")
     return DTYPES[name]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """`auto` is the GPU when there is one, else the CPU; asking for CUDA without one is an error."""
-    from sdlkit.devices import resolve_device as resolve
-
-    try:
-        return torch.device(resolve(str(device)))
-    except ValueError as err:
-        raise ConfigError(f"--device: {err}") from None
 
 
 @dataclass

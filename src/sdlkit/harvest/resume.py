@@ -15,7 +15,7 @@ from typing import Any
 from sdlkit.errors import StoreError
 from sdlkit.harvest.datasets import Dataset
 from sdlkit.harvest.models import ModuleSpec
-from sdlkit.harvest.options import HarvestOptions
+from sdlkit.harvest.settings import HarvestOptions
 from sdlkit.store import StoreManifest
 from sdlkit.store.opening import resumable_manifest
 

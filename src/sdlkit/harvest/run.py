@@ -21,15 +21,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sdlkit.devices import resolve_device
 from sdlkit.errors import ConfigError
 from sdlkit.harvest.checks import check_models
 from sdlkit.harvest.datasets import Dataset, open_dataset
 from sdlkit.harvest.forward import probe_dims, step_rows
-from sdlkit.harvest.models import LoadedModel, ModuleSpec, load_model, parse_dtype, parse_modules, resolve_device
-from sdlkit.harvest.options import HarvestOptions
+from sdlkit.harvest.models import LoadedModel, ModuleSpec, load_model, parse_dtype, parse_modules
 from sdlkit.harvest.prepare import Preparer, Step
 from sdlkit.harvest.resume import check_fingerprint, precheck_store, source_record
-from sdlkit.options import with_overrides
+from sdlkit.harvest.settings import HarvestOptions
+from sdlkit.overrides import with_overrides
 from sdlkit.store import StoreManifest, StoreWriter
 
 SKIPPED_IMAGES = "undecodable_images"
@@ -80,7 +81,7 @@ def _job(names: list[str], modules: str | list[str], dataset: Dataset, options: 
     """Load the models on their device and pair them with the recorded modules and the batch preparer."""
     torch_dtype = parse_dtype(options.model_dtype, "--model-dtype")
     parse_dtype(options.store_dtype, "--store-dtype")  # refuse a bad store dtype before loading models
-    target = resolve_device(options.device)
+    target = torch.device(resolve_device(options.device, "--device"))
     trust = options.trust_remote_code
     loaded = [load_model(n, device=target, dtype=torch_dtype, trust_remote_code=trust) for n in names]
     check_models(loaded, dataset, options.context_size)

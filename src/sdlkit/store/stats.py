@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from sdlkit.store.durable import save_atomically
+from sdlkit.io import save_tensors_atomically
 from sdlkit.store.format import STATS_FILE, StoreManifest
 
 STATS_CHUNK = 16384
@@ -40,7 +40,7 @@ def save_stats(
     for name in sums:
         tensors[f"{name}.sum"] = sums[name].clone()
         tensors[f"{name}.sum_sq_norm"] = sq[name].clone()
-    save_atomically(folder / STATS_FILE, tensors, metadata={"shards": str(shards), "rows": str(rows)})
+    save_tensors_atomically(folder / STATS_FILE, tensors, metadata={"shards": str(shards), "rows": str(rows)})
 
 
 def load_stats(folder: Path, manifest: StoreManifest) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

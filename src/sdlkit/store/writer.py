@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 from sdlkit.errors import StoreError
-from sdlkit.io import sha256
+from sdlkit.io import save_tensors_atomically, sha256
 from sdlkit.store.append import add_labels, cast_acts, index_tensor, part_stats
-from sdlkit.store.durable import save_atomically
 from sdlkit.store.format import (
     LABEL_KEY,
     POSITION_KEY,
@@ -254,7 +253,7 @@ class StoreWriter:
         tensors = {key: torch.cat([part[key] for part, _ in self._ready]) for key in keys}
         index = len(self.manifest.shards)
         path = self.folder / shard_name(index)
-        save_atomically(path, tensors)
+        save_tensors_atomically(path, tensors)
         for _, stats in self._ready:  # in append order, so a resumed harvest continues the sums exactly
             for name, (total, total_sq) in stats.items():
                 self._sum[name] += total

@@ -16,7 +16,7 @@ import torch
 from sdlkit.config import RESAMPLE_SEED_OFFSET, RunConfig
 from sdlkit.core.model import SparseDictionary, check_fits
 from sdlkit.core.objective import Objective, Term, TermContext
-from sdlkit.data.directions import known_directions
+from sdlkit.data.directions import require_directions
 from sdlkit.data.source import Batch, DataSource
 from sdlkit.errors import CheckpointError, ConfigError, ShapeError, TrainingDiverged
 from sdlkit.eval.metrics import batch_fvu, reconstruction_metrics
@@ -146,7 +146,7 @@ class Trainer:
         if given is None and spec.source == "file":  # `sdlkit anchors discover`'s file, checked by its SHA-256
             given = load_anchors(spec.file, spec.count, spec.file_sha256)
         if given is None:
-            truth = known_directions(self.source, spec.source)
+            truth = require_directions(self.source, spec.source)
             n_features = truth.W_p.shape[1]
             if spec.count > n_features:
                 what = "features" if truth.kind == "ground_truth" else "labelled classes"

@@ -1,6 +1,6 @@
-"""The report's cells: bench records grouped by (frame, setting, row, anchored), and a cell's mean of a field.
+"""The report's cells: bench records grouped by (frame, setting, row, anchored), and a cell's values of a field.
 
-The report's tables, sentences and plots all read the records through these two.
+The report's tables, sentences and plots all read the records through these (sdlkit.report formats them).
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ def group_records(records: list[dict[str, Any]]) -> Group:
     return groups
 
 
+def values_of(rows: list[dict[str, Any]], key: str) -> list[Any]:
+    """The values of `key` in the records that have it, in record order."""
+    return [r[key] for r in rows if r.get(key) is not None]
+
+
 def mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
     """The mean of `key` over the records that have it (None when none does)."""
-    values = [r[key] for r in rows if r.get(key) is not None]
+    values = values_of(rows, key)
     return statistics.fmean(values) if values else None

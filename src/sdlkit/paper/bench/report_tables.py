@@ -6,15 +6,14 @@ registered bench metric (sdlkit.paper.bench.scoring) adds its columns.
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 import yaml
 
 from sdlkit.paper.bench.recipes import NAMES
-from sdlkit.paper.bench.report_cells import Group, mean_of
+from sdlkit.paper.bench.report_cells import Group, mean_of, values_of
 from sdlkit.paper.bench.scoring import BENCH_METRICS
-from sdlkit.report import format_table
+from sdlkit.report import MISSING, fixed, format_table, mean_spread, percent
 
 REFERENCE_NAMES = {
     "chance": "chance (random dictionary)",
@@ -23,17 +22,9 @@ REFERENCE_NAMES = {
 }
 
 
-def _cell(rows: list[dict[str, Any]], key: str, percent: bool = False) -> str:
-    """Mean of `key` over the runs (± the standard deviation unless it rounds to zero); '–' when none has it."""
-    values = [r[key] * (100 if percent else 1) for r in rows if r.get(key) is not None]
-    if not values:
-        return "–"
-    digits = 1 if percent else 3
-    text = f"{statistics.fmean(values):.{digits}f}" + ("%" if percent else "")
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    if round(spread, digits) > 0:  # a ±0.0 says nothing
-        text += f" ± {spread:.{digits}f}"
-    return text
+def _over_seeds(runs: list[dict[str, Any]], key: str, as_percent: bool = False) -> str:
+    """The cell of `key` over a row's runs: percentages to 1 decimal, other numbers to 3."""
+    return mean_spread(values_of(runs, key), 1 if as_percent else 3, as_percent)
 
 
 def geometry_table(records: list[dict[str, Any]]) -> str:
@@ -44,12 +35,12 @@ def geometry_table(records: list[dict[str, Any]]) -> str:
     rows = [
         {
             "frame": frame,
-            "setting": setting or "–",
+            "setting": setting or MISSING,
             "t": f"{g['tightness']:g}",
-            "cond(W_p W_pᵀ)": f"{g['condition_number']:.1f}",
-            "max interference": f"{g['max_interference']:.3f}",
-            "mean |interference|": f"{g['mean_abs_interference']:.4f}",
-            "cos(w_i, dual_i)": f"{g['dual_cosine']:.3f}",
+            "cond(W_p W_pᵀ)": fixed(g["condition_number"], 1),
+            "max interference": fixed(g["max_interference"]),
+            "mean |interference|": fixed(g["mean_abs_interference"], 4),
+            "cos(w_i, dual_i)": fixed(g["dual_cosine"]),
         }
         for (frame, setting), g in seen.items()
     ]
@@ -60,22 +51,22 @@ def _table_row(name: str, runs: list[dict[str, Any]], pair: tuple[float, float] 
     """One table row: the runs' cells beside the paper's (M_GT, M_IP) `pair`, when it has one."""
     return {
         "Method": name,
-        "M_GT": _cell(runs, "gt_recovery", percent=True),
-        "paper M_GT": f"{pair[0]:.1%}" if pair else "–",
-        "M_IP": _cell(runs, "max_inner_product"),
-        "paper M_IP": f"{pair[1]:.3f}" if pair else "–",
+        "M_GT": _over_seeds(runs, "gt_recovery", as_percent=True),
+        "paper M_GT": percent(pair[0]) if pair else MISSING,
+        "M_IP": _over_seeds(runs, "max_inner_product"),
+        "paper M_IP": fixed(pair[1]) if pair else MISSING,
         **{
-            title: _cell(runs, key, percent=key in metric.percent)
+            title: _over_seeds(runs, key, as_percent=key in metric.percent)
             for metric in BENCH_METRICS.values()
             for key, title in metric.columns.items()
         },
-        "M_GT dec": _cell(runs, "gt_recovery_decoder", percent=True),
-        "M_IP dec": _cell(runs, "max_inner_product_decoder"),
-        "matched M_GT dec": _cell(runs, "matched_gt_recovery_decoder", percent=True),
-        "FVU": _cell(runs, "fvu"),
-        "L0": "–" if mean_of(runs, "l0") is None else f"{mean_of(runs, 'l0'):.2f}",
-        "dead": _cell(runs, "dead_fraction", percent=True),
-        "unused": _cell(runs, "never_fired_fraction", percent=True),
+        "M_GT dec": _over_seeds(runs, "gt_recovery_decoder", as_percent=True),
+        "M_IP dec": _over_seeds(runs, "max_inner_product_decoder"),
+        "matched M_GT dec": _over_seeds(runs, "matched_gt_recovery_decoder", as_percent=True),
+        "FVU": _over_seeds(runs, "fvu"),
+        "L0": fixed(mean_of(runs, "l0"), 2),
+        "dead": _over_seeds(runs, "dead_fraction", as_percent=True),
+        "unused": _over_seeds(runs, "never_fired_fraction", as_percent=True),
     }
 
 

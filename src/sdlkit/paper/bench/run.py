@@ -33,7 +33,7 @@ from sdlkit.paper.bench.reference import reference_records
 from sdlkit.paper.bench.report import write_report
 from sdlkit.paper.bench.scoring import score
 from sdlkit.paper.bench.spec import BenchSpec, RunPlan, plan_runs
-from sdlkit.report import format_table
+from sdlkit.report import fixed, format_table, percent
 from sdlkit.train import Trainer, TrainResult
 from sdlkit.train.anchoring import ground_truth_anchors
 from sdlkit.train.checkpoint import list_checkpoints
@@ -287,25 +287,17 @@ def run_bench(
     return records
 
 
-def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1%}"
-
-
-def _fixed(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
-
-
 def summary_table(records: list[dict[str, Any]]) -> str:
     """One line per run (and reference row) for the terminal: recovery (encoder and decoder), FVU, L0."""
     rows = [
         {
             "run": r.get("run_id") or f"{r['frame']} {r['setting']} {r['reference']}".replace("  ", " "),
-            "M_GT": _percent(r["gt_recovery"]),
-            "M_IP": _fixed(r["max_inner_product"]),
-            "M_GT dec": _percent(r["gt_recovery_decoder"]),
-            "M_IP dec": _fixed(r["max_inner_product_decoder"]),
-            "fvu": _fixed(r.get("fvu")),
-            "l0": "–" if r.get("l0") is None else f"{r['l0']:.2f}",
+            "M_GT": percent(r["gt_recovery"]),
+            "M_IP": fixed(r["max_inner_product"]),
+            "M_GT dec": percent(r["gt_recovery_decoder"]),
+            "M_IP dec": fixed(r["max_inner_product_decoder"]),
+            "fvu": fixed(r.get("fvu")),
+            "l0": fixed(r.get("l0"), 2),
         }
         for r in records
     ]

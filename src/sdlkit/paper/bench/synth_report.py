@@ -3,30 +3,21 @@ sdlkit's SynthSAEBench metrics beside the published numbers (sdlkit.paper.publis
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any
 
 from sdlkit.io import write_text_atomically
 from sdlkit.paper.bench.presets import BENCH_PRESETS
 from sdlkit.paper.bench.recipes import NAMES
+from sdlkit.paper.bench.report_cells import mean_of, values_of
 from sdlkit.paper.bench.spec import BenchSpec
 from sdlkit.paper.published.synthsaebench import METRICS, SYNTHSAEBENCH_16K
-from sdlkit.report import format_table
+from sdlkit.report import MISSING, fixed, format_table, mean_spread
 
 PUBLISHED_SETTINGS = ("L0=20", "L0=25")
 """The published settings, in the order of every synth preset's settings (0.8 and 1.0 × the width's true L0)."""
 PUBLISHED_SCALE = "16,384 features, d = 768, width 4,096, 200 M samples (batch 1,024, lr 3e-4), eval on 500,000"
 TITLES = {"f1": "F1", "mcc": "MCC", "uniqueness": "Uniq.", "explained_variance": "Var. expl."}
-
-
-def _cell(rows: list[dict[str, Any]], key: str) -> str:
-    values = [r[key] for r in rows if r.get(key) is not None]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def _scale_line(spec: BenchSpec, records: list[dict[str, Any]]) -> str:
@@ -49,11 +40,11 @@ def _setting_table(setting: str, published: str, records: list[dict[str, Any]]) 
     for row in dict.fromkeys(r["row"] for r in records):
         ours = [r for r in records if r["row"] == row]
         cells = {"SAE": NAMES.get(row, row)}
-        cells |= {TITLES[m]: _cell(ours, m) for m in METRICS}
-        cells["L0 (target)"] = f"{statistics.fmean(r['l0_eval'] for r in ours):.1f} ({ours[0]['target_l0']})"
-        cells["dead"] = _cell(ours, "dead_latents").split(".")[0]
+        cells |= {TITLES[m]: mean_spread(values_of(ours, m), 4) for m in METRICS}
+        cells["L0 (target)"] = f"{fixed(mean_of(ours, 'l0_eval'), 1)} ({ours[0]['target_l0']})"
+        cells["dead"] = fixed(mean_of(ours, "dead_latents"), 0)
         paper = SYNTHSAEBENCH_16K[published].get(row, {})
-        cells |= {f"{TITLES[m]} (pub.)": f"{paper[m][0]:.4f}" if m in paper else "–" for m in METRICS}
+        cells |= {f"{TITLES[m]} (pub.)": fixed(paper[m][0], 4) if m in paper else MISSING for m in METRICS}
         rows.append(cells)
     return f"### {setting} (published: {published})\n\n" + format_table(rows, list(rows[0]))
 

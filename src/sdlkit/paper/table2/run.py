@@ -16,11 +16,11 @@ from typing import Any
 
 from sdlkit.config import run_config
 from sdlkit.data import build_source
-from sdlkit.data.directions import known_directions
-from sdlkit.options import with_overrides
+from sdlkit.data.directions import require_directions
+from sdlkit.overrides import with_overrides
 from sdlkit.paper.published.paper import TABLE2
 from sdlkit.paper.table2.scoring import TAU, anchors_only, chance, class_mean_geometry, score_dictionary
-from sdlkit.report import format_table
+from sdlkit.report import fixed, format_table, percent
 from sdlkit.train import Trainer
 
 ANCHORS = 30
@@ -89,7 +89,7 @@ def table2(
             if count:
                 anchored = anchor_indices
             if truth is None:
-                truth = known_directions(source)
+                truth = require_directions(source)
             source.close()
     assert truth is not None and anchored is not None
     for run in runs:  # twins are scored on the same classes: every method's anchors are the same draw
@@ -135,14 +135,6 @@ def _train_run(
     return record, source, trainer.anchors.indices if anchors else None
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.2f}%"
-
-
-def _num(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
 def table2_markdown(result: Table2) -> str:
     """Table 2's layout: our M_GT / M_IP beside the paper's, decoder and free-latent scores, FVU, L0, dead."""
     rows = []
@@ -152,28 +144,28 @@ def table2_markdown(result: Table2) -> str:
         rows.append(
             {
                 "Method": "+ FA" if run["anchored"] else f"{run['method']} SAE",
-                "M_GT ↑": _pct(run["M_GT"]),
-                "M_IP ↑": _num(run["M_IP"]),
-                "paper M_GT": _pct(theirs[0]),
-                "paper M_IP": _num(theirs[1]),
-                "M_GT dec": _pct(run["M_GT_dec"]),
-                "M_IP dec": _num(run["M_IP_dec"]),
-                "free M_GT": _pct(run.get("free_M_GT")),
-                "free M_IP": _num(run.get("free_M_IP")),
-                "FVU": _num(run["fvu"]),
-                "L0": f"{run['l0']:.1f}",
-                "dead": f"{100 * run['dead']:.1f}%",
-                "train s": f"{run['seconds']:.0f}",
+                "M_GT ↑": percent(run["M_GT"], 2),
+                "M_IP ↑": fixed(run["M_IP"]),
+                "paper M_GT": percent(theirs[0], 2),
+                "paper M_IP": fixed(theirs[1]),
+                "M_GT dec": percent(run["M_GT_dec"], 2),
+                "M_IP dec": fixed(run["M_IP_dec"]),
+                "free M_GT": percent(run.get("free_M_GT"), 2),
+                "free M_IP": fixed(run.get("free_M_IP")),
+                "FVU": fixed(run["fvu"]),
+                "L0": fixed(run["l0"], 1),
+                "dead": percent(run["dead"]),
+                "train s": fixed(run["seconds"], 0),
             }
         )
     for name, ref in result.references.items():
         rows.append(
             {
                 "Method": name,
-                "M_GT ↑": _pct(ref["M_GT"]),
-                "M_IP ↑": _num(ref["M_IP"]),
-                "M_GT dec": _pct(ref["M_GT_dec"]),
-                "M_IP dec": _num(ref["M_IP_dec"]),
+                "M_GT ↑": percent(ref["M_GT"], 2),
+                "M_IP ↑": fixed(ref["M_IP"]),
+                "M_GT dec": percent(ref["M_GT_dec"], 2),
+                "M_IP dec": fixed(ref["M_IP_dec"]),
             }
         )
     columns = list(rows[0])
@@ -196,14 +188,15 @@ def verdicts(result: Table2, name: str, tol: float = 0.01) -> str:
     pattern = "holds" if gain > tol and gt > tol else "holds for M_IP only" if gain > tol else "does not hold"
     text = (
         f"**{name}**: without anchoring M_GT is {'0% for every method, as in the paper' if zero else 'not 0%'}; "
-        f"anchoring changes M_IP by {gain:+.3f} and brings M_GT to {_pct(gt)} (means over the methods), so the "
-        f"paper's pattern (M_GT 0% → 24%, M_IP +0.17 to +0.34) {pattern} here. "
+        f"anchoring changes M_IP by {gain:+.3f} and brings M_GT to {percent(gt, 2)} (means over the methods), "
+        f"so the paper's pattern (M_GT 0% → 24%, M_IP +0.17 to +0.34) {pattern} here. "
     )
+    alone = f"M_GT {percent(ref['M_GT'], 2)}, M_IP {fixed(ref['M_IP'])}"
     if gain <= tol:
-        text += f"(The {k} anchor directions alone would score M_GT {_pct(ref['M_GT'])}, M_IP {ref['M_IP']:.3f}.) "
+        text += f"(The {k} anchor directions alone would score {alone}.) "
     elif over <= tol:
         text += (
-            f"But the {k} anchor directions alone score M_GT {_pct(ref['M_GT'])}, M_IP {ref['M_IP']:.3f}, and the "
+            f"But the {k} anchor directions alone score {alone}, and the "
             f"anchored runs are {over:+.3f} from that in M_IP: the gain is the anchored latents matching the "
             f"unanchored classes near their anchors (mean cosine between class means "
             f"{result.geometry['mean_cos']:.2f}), not other latents finding them. "
@@ -213,6 +206,6 @@ def verdicts(result: Table2, name: str, tol: float = 0.01) -> str:
     text += f"Their other latents change M_IP by {free:+.3f} against the unanchored runs' latents, and " + (
         f"none is within cos {TAU} of an unanchored class mean."
         if free_gt == 0
-        else f"up to {_pct(free_gt)} of the unanchored class means have one within cos {TAU}."
+        else f"up to {percent(free_gt, 2)} of the unanchored class means have one within cos {TAU}."
     )
     return text

@@ -33,7 +33,7 @@ import torch
 from scipy.optimize import linprog
 
 from sdlkit.errors import ConfigError
-from sdlkit.options import with_overrides
+from sdlkit.overrides import with_overrides
 from sdlkit.paper.theory._util import Sigma, check_features, moments_vector, realise_preactivations
 from sdlkit.paper.theory.patterns import activation_pattern, pattern_from_partition
 

@@ -1,4 +1,4 @@
-"""Keyword options of library functions (sdlkit.options): an options dataclass or keyword overrides of its
+"""Keyword options of library functions (sdlkit.overrides): an options dataclass or keyword overrides of its
 fields; a misspelt or missing option is a one-line ConfigError, not a TypeError."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from sdlkit.errors import ConfigError
 from sdlkit.eval.absorption import absorption_rates
 from sdlkit.eval.evaluate import evaluate_checkpoint
 from sdlkit.eval.splice import splice_metrics
-from sdlkit.options import with_overrides
+from sdlkit.overrides import with_overrides
 from sdlkit.paper.table2.run import table2
 from sdlkit.paper.theory.minima import spurious_minimum
 

@@ -1,4 +1,5 @@
-"""HarvestOptions: how `harvest` reads, runs and writes (the fields mirror `sdlkit harvest`'s flags), checked."""
+"""A harvest's settings, HarvestOptions: how `harvest` reads, runs and writes (the fields mirror `sdlkit harvest`'s
+flags), checked."""
 
 from __future__ import annotations
 

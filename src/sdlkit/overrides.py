@@ -2,7 +2,7 @@
 
 A function with many settings takes `options: XOptions | None = None, **overrides`, so both
 `f(x, options=XOptions(batch_size=8))` and `f(x, batch_size=8)` work and the signature stays short.
-(The command line's shared flags are a different thing: sdlkit.cli.options.)
+(The command line's options, its shared flags, are a different thing: sdlkit.cli.options.)
 """
 
 from __future__ import annotations
