@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,3 +41,15 @@ def tiny_config(method: dict[str, Any] | str = "topk", steps: int = 60, **train:
 @pytest.fixture
 def make_config():
     return tiny_config
+
+
+def kill_at_first_checkpoint(proc: subprocess.Popen, checkpoints: Path, timeout: float = 120) -> None:
+    """SIGKILL `proc` as soon as a `step-*` checkpoint appears in `checkpoints` (a training run being tested for
+    exact resume); fails if the run ends first or nothing appears within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (checkpoints.is_dir() and any(p.name.startswith("step-") for p in checkpoints.iterdir())):
+        assert proc.poll() is None, "the run finished before it could be killed: make it longer"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -1,10 +1,8 @@
 """The `sdlkit` command: train/info/bench work; bad input is one line on stderr and exit status 2."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import torch
 import yaml
 
 import sdlkit
-from conftest import tiny_values
+from conftest import kill_at_first_checkpoint, tiny_values
 from sdlkit.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,13 +105,7 @@ def test_sigkill_after_checkpoint_then_resume_gives_identical_weights(tmp_path):
         _train_cmd(config, tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     checkpoints = tmp_path / "killed" / "checkpoints"
-    deadline = time.monotonic() + 120
-    while not (checkpoints.is_dir() and any(p.name.startswith("step-") for p in checkpoints.iterdir())):
-        assert proc.poll() is None, "the run finished before it could be killed: make it longer"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_at_first_checkpoint(proc, checkpoints)
     finished = sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("step-"))
     assert "step-00000600" not in finished, "the kill came too late to test anything"
 

@@ -272,7 +272,7 @@ def test_resume_drops_a_torn_metrics_line(capsys, config, reference_run, full_ru
     [
         (["--steps", "0"], "--steps 0 is not allowed"),
         (["--steps", "-5"], "--steps -5 is not allowed"),
-        (["--methods", ","], "--methods is empty"),
+        (["--rows", ","], "--rows is empty"),
         (["--seeds", ","], "--seeds is empty"),
     ],
 )

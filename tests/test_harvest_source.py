@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import torch
 pytest.importorskip("transformers")
 
 import sdlkit
+from conftest import kill_at_first_checkpoint
 from hf_tiny import TEXTS, one_thread, tiny_clip, tiny_lm  # noqa: F401 (autouse fixture)
 from sdlkit.cli.main import main
 from sdlkit.config import run_config
@@ -128,13 +127,7 @@ def test_a_killed_live_run_resumes_bit_identically(lm, texts, tmp_path):
     subprocess.run(_train(config, tmp_path / "full"), check=True, env=env, capture_output=True)
     proc = subprocess.Popen(_train(config, tmp_path / "killed"), env=env, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "killed" / "checkpoints"
-    deadline = time.monotonic() + 120
-    while not (checkpoints.is_dir() and any(p.name.startswith("step-") for p in checkpoints.iterdir())):
-        assert proc.poll() is None, "the run finished before it could be killed: make it longer"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_at_first_checkpoint(proc, checkpoints)
     assert not (checkpoints / "step-00000400").exists(), "the kill came too late to test anything"
     subprocess.run(_train(config, tmp_path / "killed", "--resume"), check=True, env=env, capture_output=True)
     a, b = sdlkit.load(tmp_path / "full").named_tensors(), sdlkit.load(tmp_path / "killed").named_tensors()
