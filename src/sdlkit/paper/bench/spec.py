@@ -105,16 +105,19 @@ class RunPlan:
 
 
 def train_values(scale: Scale, steps: int, row: str, dead_batches: int | None = None) -> dict[str, Any]:
-    """A bench run's train section at `scale`: the row's lr, a 5% warm-up, 10 log lines, 4 checkpoints (the
-    last one kept). A latent is dead after `dead_batches` silent batches (default: 50 for AuxK's row, else 100)."""
+    """A bench run's train section at `scale`: the row's lr, a 5% warm-up, 10 log lines, the held-out set scored
+    at the end only (the records score it themselves), 4 checkpoints (the last one kept). A latent is dead after
+    `dead_batches` silent batches (default: 50 for AuxK's row, else 100)."""
     dead_batches = dead_batches if dead_batches is not None else (50 if row == "topk-auxk" else 100)
+    log_every = max(1, steps // 10)
     return {
         "steps": steps,
         "batch_size": scale.batch_size,
         "lr": scale.lr * scale.row_lr_scale.get(row, 1.0),
         "lr_warmup_steps": max(1, steps // 20),
         "dead_window": dead_batches * scale.batch_size,
-        "log_every": max(1, steps // 10),
+        "log_every": log_every,
+        "eval_every": log_every * -(-steps // log_every),
         "checkpoint_every": max(1, steps // 4),
         "keep_checkpoints": 1,
     }
