@@ -147,6 +147,5 @@ def module_dims(models: tuple[str, ...], modules: tuple[str, ...], dtype: str, t
 
     loaded = loaded_models(models, "cpu", dtype, trust)
     specs = parse_modules(list(modules), [m.model for m in loaded], list(models))
-    probe = dummy_batch(loaded[0].model)
-    probe.inputs = [probe.inputs[0]] * len(loaded)
+    probe = dummy_batch(loaded[0].model, len(loaded))
     return probe_dims(loaded, specs, probe, next(loaded[0].model.parameters()).device)

@@ -85,12 +85,14 @@ def _pixels(loaded: LoadedModel, images: list[Any]) -> torch.Tensor:
     return loaded.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
 
-def dummy_batch(model: nn.Module) -> Prepared:
-    """A tiny input for a shape probe: two tokens, or a blank image of the model's size."""
+def dummy_batch(model: nn.Module, copies: int = 1) -> Prepared:
+    """A tiny input for a shape probe: two tokens, or a blank image of the model's size; `copies` models read
+    the same input (several text models sharing a tokenizer)."""
     one = torch.zeros(1, dtype=torch.int64)
     if model_kind(model) == "text":
         ids = torch.zeros(1, 2, dtype=torch.int64)
-        return Prepared([{"input_ids": ids, "attention_mask": torch.ones_like(ids)}], one, torch.ones(1, 2).bool(), 0)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        return Prepared([inputs] * copies, one, torch.ones(1, 2).bool(), 0)
     config = getattr(model.config, "vision_config", model.config)
     size, channels = config.image_size, getattr(config, "num_channels", 3)
-    return Prepared([{"pixel_values": torch.zeros(1, channels, size, size)}], one, None, 0)
+    return Prepared([{"pixel_values": torch.zeros(1, channels, size, size)}] * copies, one, None, 0)

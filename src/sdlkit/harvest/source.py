@@ -100,8 +100,7 @@ class ModelSource(DataSource):
         from sdlkit.harvest.forward import record_batch
         from sdlkit.harvest.prepare import dummy_batch
 
-        probe = dummy_batch(self.loaded[0].model)
-        probe.inputs = [probe.inputs[0]] * len(self.loaded)
+        probe = dummy_batch(self.loaded[0].model, len(self.loaded))
         records = record_batch(self.loaded, self.specs, probe, self.device)
         return any(x.ndim == 3 for x in records.values())
 

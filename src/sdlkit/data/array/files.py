@@ -90,7 +90,7 @@ def _open_npy(path: Path, key: str | None, what: str) -> ArrayFile:
     if not isinstance(array, np.ndarray):
         raise StoreError(f"{what}: {path} holds no array")
     dtype = _torch_dtype(array.dtype, path, what)
-    rows, width = _rows_and_width(tuple(array.shape), path, what)
+    rows, width = rows_and_width(tuple(array.shape), path, what)
     flat = array.reshape(rows, width)  # a view of the mapping (a C-order file) or a lazy copy (Fortran order)
 
     def read(start: int, stop: int) -> torch.Tensor:
@@ -110,8 +110,8 @@ def _open_safetensors(path: Path, key: str | None, what: str) -> ArrayFile:
     key = _pick_key(key, keys, path, what)
     tensor_slice = handle.get_slice(key)
     shape = tuple(tensor_slice.get_shape())
-    dtype = _dtype_of(tensor_slice.get_dtype(), path, what)
-    rows, width = _rows_and_width(shape, path, what)
+    dtype = float_dtype(tensor_slice.get_dtype(), path, what)
+    rows, width = rows_and_width(shape, path, what)
     inner = math.prod(shape[1:-1]) if len(shape) > 2 else 1
 
     def read(start: int, stop: int) -> torch.Tensor:
@@ -137,8 +137,8 @@ def _open_pt(path: Path, key: str | None, what: str) -> ArrayFile:
         raise StoreError(f"{what}: {path} holds one tensor, not a dict: leave out the key")
     if not isinstance(obj, torch.Tensor):
         raise StoreError(f"{what}: {path} holds a {type(obj).__name__}, not a tensor: torch.save the tensor itself")
-    dtype = _dtype_of(obj.dtype, path, what)
-    rows, width = _rows_and_width(tuple(obj.shape), path, what)
+    dtype = float_dtype(obj.dtype, path, what)
+    rows, width = rows_and_width(tuple(obj.shape), path, what)
     flat = obj.reshape(rows, width)
 
     def read(start: int, stop: int) -> torch.Tensor:
@@ -170,7 +170,8 @@ def _torch_dtype(dtype: np.dtype, path: Path, what: str) -> torch.dtype:
     return mapping[dtype]
 
 
-def _dtype_of(dtype: object, path: Path, what: str) -> torch.dtype:
+def float_dtype(dtype: object, path: Path, what: str) -> torch.dtype:
+    """`dtype` (a torch dtype or a safetensors name such as "F32") as a floating torch dtype, else StoreError."""
     names = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
     found = names.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if found not in _FLOAT_DTYPES:
@@ -178,7 +179,8 @@ def _dtype_of(dtype: object, path: Path, what: str) -> torch.dtype:
     return found
 
 
-def _rows_and_width(shape: tuple[int, ...], path: Path, what: str) -> tuple[int, int]:
+def rows_and_width(shape: tuple[int, ...], path: Path, what: str) -> tuple[int, int]:
+    """An array shape [..., d] as (rows, d); ShapeError for fewer than 2 dimensions or no rows."""
     if len(shape) < 2:
         raise ShapeError(f"{what}: {path} has shape {list(shape)}; activations are [rows, width] (or [..., width])")
     rows, width = math.prod(shape[:-1]), shape[-1]

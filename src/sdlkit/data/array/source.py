@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sdlkit.data.array.config import NORM_SAMPLE_ROWS, ArrayDataConfig, RowsDataConfig, TensorDataConfig
-from sdlkit.data.array.files import ArrayFile, _dtype_of, _rows_and_width, check_finite, open_array
+from sdlkit.data.array.files import ArrayFile, check_finite, float_dtype, open_array, rows_and_width
 from sdlkit.data.source import Batch, BlockScales, DataSource, register_source
 from sdlkit.data.windows import ShuffledWindows, gather, shuffle_units
 from sdlkit.errors import ConfigError, ShapeError, StoreError
@@ -159,8 +159,8 @@ class TensorRows(ArrayFile):
 
     def __init__(self, x: torch.Tensor | np.ndarray, name: str):
         x = torch.as_tensor(x).detach()
-        dtype = _dtype_of(x.dtype, name, "data")
-        rows, width = _rows_and_width(tuple(x.shape), name, "data")
+        dtype = float_dtype(x.dtype, name, "data")
+        rows, width = rows_and_width(tuple(x.shape), name, "data")
         self.tensor = x.reshape(rows, width)
         self._fingerprint: str | None = None
         super().__init__(name, None, rows, width, dtype, lambda start, stop: self.tensor[start:stop].clone())
